@@ -1,0 +1,1 @@
+"""Subcommands of the `evalloop` CLI: one module each, with a ``register(subparsers)`` function."""

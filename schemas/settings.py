@@ -1,0 +1,151 @@
+"""Runtime settings: one frozen model, read once at start-up from ``EVALLOOP_*`` env vars or ``.env``.
+
+The same code runs against the local loopback services (`make up`) and a user's own clusters:
+only these settings change. Secrets are ``SecretStr`` so they never print.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+class TopicSpec(BaseModel):
+    """One Kafka topic the loop uses: its name, partition count and retention."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
+    partitions: int = Field(default=4, ge=1, le=1024)
+    replication_factor: int = Field(default=1, ge=1, le=16)
+    retention_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=-1)
+
+
+class TopicSettings(BaseModel):
+    """The loop's topics. Events and dead letters keep 7 days; judgments are training data (30 days)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    events: TopicSpec = TopicSpec(name="evalloop.events")
+    samples: TopicSpec = TopicSpec(name="evalloop.samples")
+    judgments: TopicSpec = TopicSpec(name="evalloop.judgments", retention_ms=30 * 24 * 3600 * 1000)
+    alerts: TopicSpec = TopicSpec(name="evalloop.alerts", partitions=1, retention_ms=30 * 24 * 3600 * 1000)
+    dead_letters: TopicSpec = TopicSpec(name="evalloop.dead-letters")
+
+    def all(self) -> list[TopicSpec]:
+        """Every topic, in a stable order."""
+        return [self.events, self.samples, self.judgments, self.alerts, self.dead_letters]
+
+
+class KafkaSettings(BaseModel):
+    """Where the brokers are and how to authenticate to them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bootstrap_servers: str = "127.0.0.1:19092"
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    client_id: str = "evalloop"
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL_") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                "kafka.security_protocol is SASL_*: set sasl_mechanism, sasl_username and sasl_password"
+            )
+        return self
+
+    def confluent_config(self) -> dict[str, str]:
+        """librdkafka (confluent-kafka) client options, secrets revealed only here."""
+        config = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+            "client.id": self.client_id,
+        }
+        optional = {
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password.get_secret_value() if self.sasl_password else None,
+            "ssl.ca.location": str(self.ssl_cafile) if self.ssl_cafile else None,
+            "ssl.certificate.location": str(self.ssl_certfile) if self.ssl_certfile else None,
+            "ssl.key.location": str(self.ssl_keyfile) if self.ssl_keyfile else None,
+            "ssl.key.password": self.ssl_key_password.get_secret_value() if self.ssl_key_password else None,
+        }
+        config.update({key: value for key, value in optional.items() if value is not None})
+        return config
+
+
+class RedisSettings(BaseModel):
+    """Redis connection: URL (redis:// or rediss:// for TLS), optional ACL user and password."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str = "redis://127.0.0.1:16379/0"
+    username: str | None = None
+    password: SecretStr | None = None
+    ssl_ca_certs: Path | None = None
+    key_prefix: str = Field(default="evalloop", pattern=r"^[A-Za-z0-9:_.-]+$")
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, url: str) -> str:
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis.url must start with redis://, rediss:// (TLS) or unix://")
+        if "@" in url:
+            raise ValueError("put Redis credentials in redis.username / redis.password, not in redis.url")
+        return url
+
+
+class RaySettings(BaseModel):
+    """Ray: ``address`` None starts a local head; ``auto`` or ``ray://host:port`` joins a cluster."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    address: str | None = None
+    num_cpus: int | None = Field(default=None, ge=1)
+    serve_host: str = "127.0.0.1"
+    serve_port: int = Field(default=18000, ge=1, le=65535)
+    app_name: str = "evalloop-teacher"
+    namespace: str = "evalloop"
+
+
+class Settings(BaseSettings):
+    """All runtime settings of evalloop, validated once at start-up.
+
+    Nested fields use ``__``: ``EVALLOOP_KAFKA__BOOTSTRAP_SERVERS``, ``EVALLOOP_REDIS__PASSWORD``,
+    ``EVALLOOP_TOPICS__EVENTS__PARTITIONS``.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="EVALLOOP_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+    )
+
+    state_dir: Path = Path(".evalloop")
+    policy_file: Path = Path("policies/product-search.yaml")
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    ray: RaySettings = RaySettings()
+    topics: TopicSettings = TopicSettings()
+
+
+def load_settings() -> Settings:
+    """Read and validate the settings from the environment and ``.env``."""
+    return Settings()
