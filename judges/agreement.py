@@ -1,0 +1,564 @@
+"""Inter-rater agreement statistics for Gate 1 (and reusable by Gate 2).
+
+Gate 1 asks whether human raters agree on what the product policy means: if several people
+grade the same items with the policy's rubric and disagree, the policy is ambiguous and a
+teacher model graded against it cannot be expected to do better. Gate 2 (teacher vs golden
+set) reuses :func:`cohen_kappa`.
+
+Everything here is pure: no files, no printing, no global state. Inputs are sequences of
+:class:`Rating`; loading them from JSONL lives in :mod:`judges.gate1_io`.
+
+Conventions
+-----------
+* Labels are integers (rubric grades, 0-4 in evalloop policies; 0/1 in the bundled crowd data).
+* A kappa is ``float('nan')`` when it is undefined, i.e. when the chance-expected
+  disagreement is zero (every rating used carries the same label). NaN is never silently
+  turned into a number; the JSON form writes it as ``null``.
+* Repeated (item, rater) ratings are dropped, keeping the first; :func:`deduplicate` says
+  how many were dropped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import krippendorff
+import numpy as np
+from sklearn.metrics import cohen_kappa_score
+
+Weights = Literal["linear", "quadratic"] | None
+AlphaLevel = Literal["nominal", "ordinal", "interval"]
+Verdict = Literal["clear", "needs refinement", "ambiguous"]
+
+ALPHA_LEVELS: tuple[AlphaLevel, ...] = ("nominal", "ordinal", "interval")
+WEIGHTS: tuple[Weights, ...] = (None, "linear", "quadratic")
+
+
+# --------------------------------------------------------------------------- input type
+
+
+@dataclass(frozen=True, slots=True)
+class Rating:
+    """One rater's grade of one item."""
+
+    item_id: str
+    rater_id: str
+    label: int
+
+
+def deduplicate(ratings: Iterable[Rating]) -> tuple[list[Rating], int]:
+    """Drop repeated (item, rater) ratings, keeping the first; return (kept, n_dropped).
+
+    A rater counted twice on one item would inflate agreement with themselves, so only
+    their first label counts (the same rule the bundled data's build script used).
+    """
+    seen: set[tuple[str, str]] = set()
+    kept: list[Rating] = []
+    dropped = 0
+    for rating in ratings:
+        key = (rating.item_id, rating.rater_id)
+        if key in seen:
+            dropped += 1
+            continue
+        seen.add(key)
+        kept.append(rating)
+    return kept, dropped
+
+
+def _labels_by_item(ratings: Iterable[Rating]) -> dict[str, list[int]]:
+    """Item id -> labels, in input order (ratings assumed already deduplicated)."""
+    by_item: dict[str, list[int]] = defaultdict(list)
+    for rating in ratings:
+        by_item[rating.item_id].append(rating.label)
+    return by_item
+
+
+def _labels_by_rater(ratings: Iterable[Rating]) -> dict[str, dict[str, int]]:
+    """Rater id -> {item id -> label}; the first label wins on repeats."""
+    by_rater: dict[str, dict[str, int]] = defaultdict(dict)
+    for rating in ratings:
+        by_rater[rating.rater_id].setdefault(rating.item_id, rating.label)
+    return by_rater
+
+
+# --------------------------------------------------------------------------- Cohen's kappa
+
+
+def cohen_kappa(
+    a: Sequence[int],
+    b: Sequence[int],
+    labels: Sequence[int] | None = None,
+    weights: Weights = None,
+) -> float:
+    """Cohen's kappa between two aligned label sequences (scikit-learn's implementation).
+
+    ``labels`` fixes the label set and order; weighted kappa penalises a disagreement by the
+    distance between *positions* in that list, so for rubric grades pass the full grade
+    range (e.g. ``range(5)``) even if some grade is unused. Without it, the labels seen in
+    ``a`` and ``b`` are used, sorted.
+
+    Degenerate cases:
+      * different lengths, or a label outside ``labels`` -> ``ValueError`` (scikit-learn
+        would silently ignore such ratings);
+      * empty input -> NaN (nothing to measure);
+      * both raters used one and the same label throughout -> NaN: expected disagreement
+        is zero, so kappa is 0/0. (If they use two different constant labels kappa is 0.)
+    """
+    if len(a) != len(b):
+        raise ValueError(f"cohen_kappa: sequences differ in length ({len(a)} vs {len(b)})")
+    if weights not in WEIGHTS:
+        raise ValueError(f"cohen_kappa: weights must be None, 'linear' or 'quadratic', not {weights!r}")
+    if not a:
+        return math.nan
+    used = set(a) | set(b)
+    if labels is not None:
+        unknown = used - set(labels)
+        if unknown:
+            raise ValueError(f"cohen_kappa: labels {sorted(unknown)} are not in labels={list(labels)}")
+    if len(used) < 2:
+        return math.nan
+    label_list = list(labels) if labels is not None else sorted(used)
+    return float(cohen_kappa_score(a, b, labels=label_list, weights=weights))
+
+
+@dataclass(frozen=True, slots=True)
+class PairAgreement:
+    """Cohen's kappa between two raters over the ``n`` items both rated."""
+
+    rater_a: str
+    rater_b: str
+    n: int
+    kappa: float
+
+
+def _shared_item_counts(ratings: Sequence[Rating]) -> Counter[tuple[str, str]]:
+    """(rater_a, rater_b) with a < b -> number of items both rated.
+
+    Counting through each item's rater list only ever touches pairs that overlap, which is
+    far cheaper than intersecting all ~310k pairs of 788 raters.
+    """
+    raters_by_item: dict[str, set[str]] = defaultdict(set)
+    for rating in ratings:
+        raters_by_item[rating.item_id].add(rating.rater_id)
+    counts: Counter[tuple[str, str]] = Counter()
+    for raters in raters_by_item.values():
+        counts.update(itertools.combinations(sorted(raters), 2))
+    return counts
+
+
+def pairwise_cohen(
+    ratings: Sequence[Rating],
+    min_shared: int = 30,
+    weights: Weights = None,
+    labels: Sequence[int] | None = None,
+) -> list[PairAgreement]:
+    """Cohen's kappa for every rater pair that shares at least ``min_shared`` items.
+
+    Sorted by ``n`` descending, then rater ids. Every pair uses the same label scale,
+    ``labels``; by default the labels in ``ratings`` for unweighted kappa, and every integer
+    from the lowest to the highest label for weighted kappa (weights count positions, so an
+    unused middle grade must still be on the scale). Pairs whose kappa is undefined (both
+    raters used one label) are kept, with NaN.
+    """
+    if min_shared < 1:
+        raise ValueError(f"pairwise_cohen: min_shared must be >= 1, not {min_shared}")
+    ratings, _ = deduplicate(ratings)
+    label_list = list(labels) if labels is not None else _default_scale(ratings, weights)
+    by_rater = _labels_by_rater(ratings)
+    pairs: list[PairAgreement] = []
+    for (rater_a, rater_b), n in _shared_item_counts(ratings).items():
+        if n < min_shared:
+            continue
+        items_a, items_b = by_rater[rater_a], by_rater[rater_b]
+        shared = sorted(items_a.keys() & items_b.keys())
+        kappa = cohen_kappa(
+            [items_a[i] for i in shared], [items_b[i] for i in shared], labels=label_list, weights=weights
+        )
+        pairs.append(PairAgreement(rater_a, rater_b, n, kappa))
+    pairs.sort(key=lambda p: (-p.n, p.rater_a, p.rater_b))
+    return pairs
+
+
+def _default_scale(ratings: Sequence[Rating], weights: Weights) -> list[int]:
+    """The labels seen, or for weighted kappa the full integer range they span."""
+    seen = sorted({r.label for r in ratings})
+    if weights is None or not seen:
+        return seen
+    return list(range(seen[0], seen[-1] + 1))
+
+
+@dataclass(frozen=True, slots=True)
+class PairwiseSummary:
+    """Distribution of pairwise kappas; undefined (NaN) kappas are counted, not averaged."""
+
+    n_pairs: int
+    n_undefined: int
+    median: float
+    mean: float
+    weighted_mean: float  # weighted by shared items: a pair on 300 items says more than one on 30
+    min: float
+    max: float
+
+
+def summarise_pairs(pairs: Sequence[PairAgreement]) -> PairwiseSummary:
+    """Median, mean, n-weighted mean, min and max of the defined pairwise kappas (NaN if none)."""
+    defined = [p for p in pairs if not math.isnan(p.kappa)]
+    if not defined:
+        nan = math.nan
+        return PairwiseSummary(len(pairs), len(pairs), nan, nan, nan, nan, nan)
+    kappas = [p.kappa for p in defined]
+    total_n = sum(p.n for p in defined)
+    return PairwiseSummary(
+        n_pairs=len(pairs),
+        n_undefined=len(pairs) - len(defined),
+        median=statistics.median(kappas),
+        mean=statistics.fmean(kappas),
+        weighted_mean=sum(p.kappa * p.n for p in defined) / total_n,
+        min=min(kappas),
+        max=max(kappas),
+    )
+
+
+# --------------------------------------------------------------------------- Fleiss' kappa
+
+
+@dataclass(frozen=True, slots=True)
+class FleissResult:
+    """Fleiss' kappa with its parts: ``kappa = (observed - expected) / (1 - expected)``."""
+
+    observed: float
+    expected: float
+    kappa: float
+    items_used: int
+    ratings_used: int
+
+
+def fleiss_kappa(ratings: Sequence[Rating]) -> FleissResult:
+    """Fleiss' kappa generalised to a varying number of ratings per item.
+
+    Only items with at least two ratings are used (a single rating cannot agree with anyone).
+    For item i with n_i ratings of which n_ij carry label j:
+
+    * P_i = sum_j n_ij (n_ij - 1) / (n_i (n_i - 1))  -- share of agreeing ordered rater pairs
+    * observed  = mean of P_i over the items used (each item weighs the same)
+    * p_j       = sum_i n_ij / sum_i n_i over the items used (pooled label proportions)
+    * expected  = sum_j p_j^2
+    * kappa     = (observed - expected) / (1 - expected); NaN when expected == 1.
+
+    This is the definition the bundled TREC 2011 data's build script used for its reference
+    value (kappa 0.2918, observed 0.6459, expected 0.5). Raises ``ValueError`` when no item
+    has two ratings.
+    """
+    ratings, _ = deduplicate(ratings)
+    counts = _count_matrix(_labels_by_item(ratings).values())
+    if counts.shape[0] == 0:
+        raise ValueError("fleiss_kappa: no item has at least two ratings")
+    n_i = counts.sum(axis=1)
+    p_i = (counts * (counts - 1)).sum(axis=1) / (n_i * (n_i - 1))
+    observed = float(p_i.mean())
+    p_j = counts.sum(axis=0) / n_i.sum()
+    expected = float((p_j**2).sum())
+    kappa = (observed - expected) / (1 - expected) if expected < 1 else math.nan
+    return FleissResult(observed, expected, kappa, int(counts.shape[0]), int(n_i.sum()))
+
+
+def _count_matrix(label_lists: Iterable[Sequence[int]]) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """Items (with >= 2 ratings) x labels matrix of rating counts, as floats."""
+    kept = [labels for labels in label_lists if len(labels) >= 2]
+    categories = sorted({label for labels in kept for label in labels})
+    column = {label: j for j, label in enumerate(categories)}
+    counts = np.zeros((len(kept), len(categories)), dtype=np.float64)
+    for i, labels in enumerate(kept):
+        for label in labels:
+            counts[i, column[label]] += 1
+    return counts
+
+
+# --------------------------------------------------------------------------- Krippendorff's alpha
+
+
+def krippendorff_alpha(ratings: Sequence[Rating], level: AlphaLevel = "nominal") -> float:
+    """Krippendorff's alpha (``krippendorff`` package) over a raters x items reliability matrix.
+
+    Missing ratings are NaN in the matrix, so raters need not rate every item; items with a
+    single rating carry no pairable information and drop out. ``level`` is the measurement
+    level: ``nominal`` (labels are categories), ``ordinal`` (ranks matter, rubric grades) or
+    ``interval`` (distances matter). NaN when fewer than two labels occur (alpha undefined).
+    """
+    if level not in ALPHA_LEVELS:
+        raise ValueError(f"krippendorff_alpha: level must be one of {ALPHA_LEVELS}, not {level!r}")
+    ratings, _ = deduplicate(ratings)
+    labels = sorted({r.label for r in ratings})
+    if len(labels) < 2:
+        return math.nan
+    raters = {rater: row for row, rater in enumerate(sorted({r.rater_id for r in ratings}))}
+    items = {item: col for col, item in enumerate(sorted({r.item_id for r in ratings}))}
+    matrix = np.full((len(raters), len(items)), np.nan)
+    for rating in ratings:
+        matrix[raters[rating.rater_id], items[rating.item_id]] = rating.label
+    # value_domain is given so an ordinal scale is the label set itself, in numeric order.
+    return float(krippendorff.alpha(reliability_data=matrix, level_of_measurement=level, value_domain=labels))
+
+
+# --------------------------------------------------------------------------- verdict
+
+
+class ThresholdsLike(Protocol):
+    """Anything with ``clear`` and ``ambiguous`` floats, e.g. a policy's gate-1 settings."""
+
+    @property
+    def clear(self) -> float: ...
+
+    @property
+    def ambiguous(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GateThresholds:
+    """Kappa cut-offs: above ``clear`` the policy is clear, below ``ambiguous`` it is ambiguous."""
+
+    clear: float = 0.8
+    ambiguous: float = 0.6
+
+    def __post_init__(self) -> None:
+        if not -1.0 <= self.ambiguous <= self.clear <= 1.0:
+            raise ValueError(
+                f"thresholds need -1 <= ambiguous <= clear <= 1, got ambiguous={self.ambiguous}, "
+                f"clear={self.clear}"
+            )
+
+
+DEFAULT_THRESHOLDS = GateThresholds()
+
+
+def verdict(kappa: float, thresholds: ThresholdsLike = DEFAULT_THRESHOLDS) -> Verdict:
+    """Gate verdict for an agreement statistic.
+
+    ``kappa > clear`` -> "clear"; ``kappa < ambiguous`` -> "ambiguous"; otherwise (both
+    bounds inclusive) "needs refinement". An undefined (NaN) kappa is "ambiguous": data in
+    which agreement cannot be measured cannot show that the policy is clear, and a gate
+    must fail closed.
+    """
+    if math.isnan(kappa) or kappa < thresholds.ambiguous:
+        return "ambiguous"
+    if kappa > thresholds.clear:
+        return "clear"
+    return "needs refinement"
+
+
+# --------------------------------------------------------------------------- where raters disagree
+
+
+@dataclass(frozen=True, slots=True)
+class BoundaryDispute:
+    """How often two labels were given to the same item by different raters."""
+
+    label_a: int
+    label_b: int
+    disagreeing_pairs: int  # unordered rater pairs on one item, one saying label_a, the other label_b
+    items: int  # items on which both labels occur
+    share: float  # of all disagreeing rater pairs in the data
+
+    @property
+    def adjacent(self) -> bool:
+        """Whether the two grades are neighbours on the scale (e.g. 2 vs 3)."""
+        return abs(self.label_b - self.label_a) == 1
+
+
+def disputed_boundaries(ratings: Sequence[Rating]) -> list[BoundaryDispute]:
+    """Label pairs (a < b) ranked by how many rater pairs split between them on one item.
+
+    On an item with n_a ratings of a and n_b of b there are n_a * n_b disagreeing rater
+    pairs across that boundary. For a rubric this points at the grade boundary the policy
+    describes least clearly (e.g. most disputes between 2 and 3). Sorted by count, largest
+    first, then by labels.
+    """
+    ratings, _ = deduplicate(ratings)
+    pair_counts: Counter[tuple[int, int]] = Counter()
+    item_counts: Counter[tuple[int, int]] = Counter()
+    for labels in _labels_by_item(ratings).values():
+        per_label = Counter(labels)
+        for a, b in itertools.combinations(sorted(per_label), 2):
+            pair_counts[(a, b)] += per_label[a] * per_label[b]
+            item_counts[(a, b)] += 1
+    total = sum(pair_counts.values())
+    disputes = [
+        BoundaryDispute(a, b, count, item_counts[(a, b)], count / total) for (a, b), count in pair_counts.items()
+    ]
+    disputes.sort(key=lambda d: (-d.disagreeing_pairs, d.label_a, d.label_b))
+    return disputes
+
+
+@dataclass(frozen=True, slots=True)
+class ItemDispute:
+    """One item's ratings and how much its raters disagree (1 - P_i of Fleiss' kappa)."""
+
+    item_id: str
+    n: int
+    label_counts: Mapping[int, int]
+    disagreement: float
+
+
+def most_disputed_items(ratings: Sequence[Rating], top: int = 10) -> list[ItemDispute]:
+    """The ``top`` items (with >= 2 ratings) whose raters disagree most.
+
+    Disagreement is 1 - P_i, the share of disagreeing rater pairs on the item. Ties go to the
+    item with more ratings (a 10-10 split is stronger evidence than a 1-1 split), then by id.
+    """
+    if top < 0:
+        raise ValueError(f"most_disputed_items: top must be >= 0, not {top}")
+    ratings, _ = deduplicate(ratings)
+    disputes = []
+    for item_id, labels in _labels_by_item(ratings).items():
+        n = len(labels)
+        if n < 2:
+            continue
+        per_label = Counter(labels)
+        agreeing = sum(c * (c - 1) for c in per_label.values())
+        disputes.append(ItemDispute(item_id, n, dict(sorted(per_label.items())), 1 - agreeing / (n * (n - 1))))
+    disputes.sort(key=lambda d: (-d.disagreement, -d.n, d.item_id))
+    return disputes[:top]
+
+
+# --------------------------------------------------------------------------- the report
+
+VERDICT_STATISTIC = "fleiss_kappa"
+
+
+@dataclass(frozen=True)
+class Gate1Report:
+    """Everything Gate 1 says about one set of ratings.
+
+    The verdict is taken on Fleiss' kappa: it is the one statistic that uses every rater on
+    every item, whereas pairwise kappas only exist for the few pairs with enough overlap
+    (and are noisy for each of them). The pairwise median is reported next to it, as is
+    Krippendorff's alpha, which agrees closely with Fleiss' kappa on many ratings per item.
+    """
+
+    n_items: int
+    n_raters: int
+    n_ratings: int
+    duplicates_dropped: int
+    labels: tuple[int, ...]
+    fleiss: FleissResult
+    krippendorff_alpha: float
+    alpha_level: AlphaLevel
+    min_shared: int
+    weights: Weights
+    pairs: tuple[PairAgreement, ...]
+    pairwise: PairwiseSummary
+    thresholds: GateThresholds
+    verdict: Verdict
+    boundaries: tuple[BoundaryDispute, ...]
+    disputed_items: tuple[ItemDispute, ...]
+    verdict_statistic: str = field(default=VERDICT_STATISTIC)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; undefined (NaN) statistics become ``null``."""
+        return {
+            "n_items": self.n_items,
+            "n_raters": self.n_raters,
+            "n_ratings": self.n_ratings,
+            "duplicates_dropped": self.duplicates_dropped,
+            "labels": list(self.labels),
+            "fleiss_kappa": _num(self.fleiss.kappa),
+            "fleiss": {
+                "observed": _num(self.fleiss.observed),
+                "expected": _num(self.fleiss.expected),
+                "kappa": _num(self.fleiss.kappa),
+                "items_used": self.fleiss.items_used,
+                "ratings_used": self.fleiss.ratings_used,
+            },
+            "krippendorff_alpha": _num(self.krippendorff_alpha),
+            "krippendorff_level": self.alpha_level,
+            "verdict": self.verdict,
+            "verdict_statistic": self.verdict_statistic,
+            "thresholds": {"clear": self.thresholds.clear, "ambiguous": self.thresholds.ambiguous},
+            "pairwise": {
+                "min_shared": self.min_shared,
+                "weights": self.weights,
+                "n_pairs": self.pairwise.n_pairs,
+                "n_undefined": self.pairwise.n_undefined,
+                "median": _num(self.pairwise.median),
+                "mean": _num(self.pairwise.mean),
+                "weighted_mean": _num(self.pairwise.weighted_mean),
+                "min": _num(self.pairwise.min),
+                "max": _num(self.pairwise.max),
+            },
+            "pairs": [
+                {"rater_a": p.rater_a, "rater_b": p.rater_b, "n": p.n, "kappa": _num(p.kappa)} for p in self.pairs
+            ],
+            "disputed_boundaries": [
+                {
+                    "label_a": b.label_a,
+                    "label_b": b.label_b,
+                    "adjacent": b.adjacent,
+                    "disagreeing_pairs": b.disagreeing_pairs,
+                    "items": b.items,
+                    "share": b.share,
+                }
+                for b in self.boundaries
+            ],
+            "disputed_items": [
+                {
+                    "item_id": d.item_id,
+                    "n": d.n,
+                    "label_counts": {str(k): v for k, v in d.label_counts.items()},
+                    "disagreement": d.disagreement,
+                }
+                for d in self.disputed_items
+            ],
+        }
+
+
+def _num(value: float) -> float | None:
+    """NaN -> None, because JSON has no NaN."""
+    return None if math.isnan(value) else value
+
+
+def gate1_report(
+    ratings: Sequence[Rating],
+    *,
+    min_shared: int = 30,
+    weights: Weights = None,
+    thresholds: ThresholdsLike = DEFAULT_THRESHOLDS,
+    top: int = 10,
+    alpha_level: AlphaLevel = "nominal",
+    labels: Sequence[int] | None = None,
+) -> Gate1Report:
+    """Compute every Gate 1 statistic for ``ratings`` (deduplicated first) and the verdict.
+
+    ``thresholds`` may be a :class:`GateThresholds` or any object with ``clear`` and
+    ``ambiguous`` (a policy's gate-1 section); ``labels`` is the grade scale for weighted
+    pairwise kappa (see :func:`pairwise_cohen`).
+    """
+    kept, dropped = deduplicate(ratings)
+    if not kept:
+        raise ValueError("gate1: no ratings")
+    cutoffs = GateThresholds(clear=thresholds.clear, ambiguous=thresholds.ambiguous)  # validates them
+    fleiss = fleiss_kappa(kept)
+    pairs = pairwise_cohen(kept, min_shared=min_shared, weights=weights, labels=labels)
+    return Gate1Report(
+        n_items=len({r.item_id for r in kept}),
+        n_raters=len({r.rater_id for r in kept}),
+        n_ratings=len(kept),
+        duplicates_dropped=dropped,
+        labels=tuple(sorted({r.label for r in kept})),
+        fleiss=fleiss,
+        krippendorff_alpha=krippendorff_alpha(kept, alpha_level),
+        alpha_level=alpha_level,
+        min_shared=min_shared,
+        weights=weights,
+        pairs=tuple(pairs),
+        pairwise=summarise_pairs(pairs),
+        thresholds=cutoffs,
+        verdict=verdict(fleiss.kappa, cutoffs),
+        boundaries=tuple(disputed_boundaries(kept)),
+        disputed_items=tuple(most_disputed_items(kept, top)),
+    )

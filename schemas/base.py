@@ -1,0 +1,75 @@
+"""Shared base model, bounded types and the error type that names the offending field."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+# Event times outside this range are absurd for a production stream (clock bugs, ms-vs-s mixups).
+MIN_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+MAX_EVENT_TIME = datetime(2100, 1, 1, tzinfo=UTC)
+
+Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/+-]+$")]
+ShortText = Annotated[str, Field(min_length=1, max_length=200)]
+AttributeValue = str | int | float | bool | None
+Attributes = Annotated[dict[Annotated[str, Field(max_length=64)], AttributeValue], Field(max_length=64)]
+
+
+def _in_sane_range(value: datetime) -> datetime:
+    if not MIN_EVENT_TIME <= value < MAX_EVENT_TIME:
+        raise ValueError(f"timestamp {value.isoformat()} is outside [2000-01-01, 2100-01-01)")
+    return value.astimezone(UTC)
+
+
+Timestamp = Annotated[AwareDatetime, AfterValidator(_in_sane_range)]
+
+
+class StrictModel(BaseModel):
+    """Frozen, strict, no unknown fields: a typo in a producer's payload is an error, not a drop."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class SchemaError(ValueError):
+    """Input that does not fit a schema; ``field`` is the dotted path of the first bad field."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}" if field else reason)
+        self.field = field
+        self.reason = reason
+
+
+def _dotted(location: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in location)
+
+
+def describe_validation_error(error: ValidationError) -> SchemaError:
+    """Turn pydantic's error into a SchemaError naming every bad field (first one as ``field``)."""
+    issues = error.errors(include_url=False)
+    first_field = _dotted(issues[0]["loc"]) if issues else ""
+    parts = [f"{_dotted(issue['loc']) or '<root>'}: {issue['msg']}" for issue in issues[:5]]
+    if len(issues) > 5:
+        parts.append(f"... and {len(issues) - 5} more")
+    return SchemaError(first_field, "; ".join(parts))
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def strip_control_chars(text: str) -> str:
+    """Control characters have no business in display text and break terminals and prompts."""
+    return _CONTROL.sub("", text)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def model_validate_or_raise(model: type[M], data: Any) -> M:
+    """Validate Python data into ``model``, raising SchemaError (naming the field) on failure."""
+    try:
+        return model.model_validate(data, strict=False)
+    except ValidationError as error:
+        raise describe_validation_error(error) from None

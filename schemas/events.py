@@ -1,0 +1,106 @@
+"""Recommendation events (what production showed) and samples (what the loop chose to judge)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from schemas.base import (
+    Attributes,
+    Identifier,
+    SchemaError,
+    ShortText,
+    StrictModel,
+    Timestamp,
+    describe_validation_error,
+)
+
+#: Largest accepted event on the wire; bigger payloads go to the dead-letter topic unparsed.
+MAX_EVENT_BYTES = 256 * 1024
+MAX_ITEMS_PER_EVENT = 100
+
+Text = Annotated[str, Field(min_length=1, max_length=2000)]
+
+
+class Item(StrictModel):
+    """One recommended item as the production model showed it."""
+
+    item_id: Identifier
+    title: Text
+    description: Annotated[str, Field(max_length=8000)] | None = None
+    category: Annotated[str, Field(max_length=500)] | None = None
+    attributes: Attributes = Field(default_factory=dict)
+    rank: int = Field(ge=1, le=10_000)
+
+
+class RequestContext(StrictModel):
+    """What the user asked for: a free-text query and/or a stated goal, plus attributes."""
+
+    query: Text | None = None
+    user_goal: Text | None = None
+    attributes: Attributes = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _has_intent(self) -> RequestContext:
+        if not (self.query or self.user_goal):
+            raise ValueError("request needs a query or a user_goal")
+        return self
+
+    def intent_text(self) -> str:
+        """The text the teacher judges relevance against."""
+        return " — ".join(part for part in (self.query, self.user_goal) if part)
+
+
+class RecommendationEvent(StrictModel):
+    """One production recommendation: a request and the ranked items the model returned."""
+
+    event_id: Identifier
+    event_time: Timestamp
+    category: ShortText
+    surface: ShortText = "search"
+    request: RequestContext
+    items: Annotated[list[Item], Field(min_length=1, max_length=MAX_ITEMS_PER_EVENT)]
+    model_version: Identifier
+    #: Human labels by item id when the stream carries them (replayed, labelled data); checking only.
+    reference_labels: Annotated[dict[Identifier, ShortText], Field(max_length=MAX_ITEMS_PER_EVENT)] | None = None
+
+    @field_validator("items")
+    @classmethod
+    def _unique_item_ids(cls, items: list[Item]) -> list[Item]:
+        seen: set[str] = set()
+        for position, item in enumerate(items):
+            if item.item_id in seen:
+                raise ValueError(f"item_id {item.item_id!r} appears twice (position {position})")
+            seen.add(item.item_id)
+        return items
+
+
+class Sample(StrictModel):
+    """An event chosen for judging, with the probability it had of being chosen.
+
+    ``inclusion_probability`` lets window estimates weight each judgment by ``1 / p`` so
+    per-category rates estimate the whole stream, not just the sample.
+    """
+
+    event: RecommendationEvent
+    inclusion_probability: float = Field(gt=0.0, le=1.0)
+    policy_version: Identifier
+
+
+def parse_event(raw: bytes) -> RecommendationEvent:
+    """Parse one event from the wire, raising SchemaError that names the field and why.
+
+    Size and encoding are checked before JSON parsing so an oversized or non-UTF-8 payload gets
+    a specific reason rather than a generic parse error.
+    """
+    if len(raw) > MAX_EVENT_BYTES:
+        raise SchemaError("<payload>", f"event is {len(raw)} bytes, over the {MAX_EVENT_BYTES}-byte limit")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SchemaError("<payload>", f"invalid UTF-8 at byte {error.start}") from None
+    try:
+        return RecommendationEvent.model_validate_json(raw)
+    except ValidationError as error:
+        raise describe_validation_error(error) from None
