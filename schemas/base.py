@@ -50,7 +50,9 @@ def describe_validation_error(error: ValidationError) -> SchemaError:
     """Turn pydantic's error into a SchemaError naming every bad field (first one as ``field``)."""
     issues = error.errors(include_url=False)
     first_field = _dotted(issues[0]["loc"]) if issues else ""
-    parts = [f"{_dotted(issue['loc']) or '<root>'}: {issue['msg']}" for issue in issues[:5]]
+    # The first field leads the message (SchemaError prefixes it); later ones name themselves.
+    parts = [issues[0]["msg"]] if issues else ["invalid input"]
+    parts += [f"{_dotted(issue['loc']) or '<root>'}: {issue['msg']}" for issue in issues[1:5]]
     if len(issues) > 5:
         parts.append(f"... and {len(issues) - 5} more")
     return SchemaError(first_field, "; ".join(parts))

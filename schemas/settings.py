@@ -123,6 +123,49 @@ class RaySettings(BaseModel):
     namespace: str = "evalloop"
 
 
+class AutoscalingSettings(BaseModel):
+    """Replica autoscaling of the teacher deployment; ``min_replicas == max_replicas`` pins the count."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_replicas: int = Field(default=1, ge=0, le=1024)
+    max_replicas: int = Field(default=2, ge=1, le=1024)
+    target_ongoing_requests: float = Field(default=16, gt=0)
+    upscale_delay_s: float = Field(default=5.0, ge=0.0)
+    downscale_delay_s: float = Field(default=60.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> AutoscalingSettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"serve.autoscaling.min_replicas {self.min_replicas} exceeds max_replicas {self.max_replicas}"
+            )
+        return self
+
+
+class ServeSettings(BaseModel):
+    """The Ray Serve teacher deployment: backend, dynamic batching, concurrency, replicas, resources.
+
+    ``backend`` None uses the policy's ``teacher.backend``. Set ``num_gpus`` to 1 for GPU backends.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: str | None = Field(default=None, min_length=1, max_length=64)
+    max_batch_size: int = Field(default=32, ge=1, le=4096)
+    batch_wait_timeout_s: float = Field(default=0.01, ge=0.0, le=10.0)
+    max_ongoing_requests: int = Field(default=64, ge=1, le=100_000)
+    #: Largest number of JudgeRequests in one call (HTTP answers 413 above it).
+    max_requests_per_call: int = Field(default=1024, ge=1, le=100_000)
+    autoscaling: AutoscalingSettings = AutoscalingSettings()
+    num_cpus: float = Field(default=1.0, ge=0.0)
+    num_gpus: float = Field(default=0.0, ge=0.0)
+    #: Bytes of memory reserved per replica for scheduling; None reserves none.
+    memory: int | None = Field(default=None, ge=0)
+    #: End-to-end timeout of one HTTP request at the proxy; None waits forever.
+    request_timeout_s: float | None = Field(default=None, gt=0.0)
+
+
 class Settings(BaseSettings):
     """All runtime settings of evalloop, validated once at start-up.
 
@@ -143,6 +186,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()
     ray: RaySettings = RaySettings()
+    serve: ServeSettings = ServeSettings()
     topics: TopicSettings = TopicSettings()
 
 
