@@ -28,9 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-import krippendorff
 import numpy as np
-from sklearn.metrics import cohen_kappa_score
 
 Weights = Literal["linear", "quadratic"] | None
 AlphaLevel = Literal["nominal", "ordinal", "interval"]
@@ -79,14 +77,6 @@ def _labels_by_item(ratings: Iterable[Rating]) -> dict[str, list[int]]:
     return by_item
 
 
-def _labels_by_rater(ratings: Iterable[Rating]) -> dict[str, dict[str, int]]:
-    """Rater id -> {item id -> label}; the first label wins on repeats."""
-    by_rater: dict[str, dict[str, int]] = defaultdict(dict)
-    for rating in ratings:
-        by_rater[rating.rater_id].setdefault(rating.item_id, rating.label)
-    return by_rater
-
-
 # --------------------------------------------------------------------------- Cohen's kappa
 
 
@@ -124,6 +114,10 @@ def cohen_kappa(
     if len(used) < 2:
         return math.nan
     label_list = list(labels) if labels is not None else sorted(used)
+    # Imported here: every CLI command module is imported at start-up, and scikit-learn
+    # alone takes about a second to import; only gate runs should pay for it.
+    from sklearn.metrics import cohen_kappa_score
+
     return float(cohen_kappa_score(a, b, labels=label_list, weights=weights))
 
 
@@ -137,19 +131,51 @@ class PairAgreement:
     kappa: float
 
 
-def _shared_item_counts(ratings: Sequence[Rating]) -> Counter[tuple[str, str]]:
-    """(rater_a, rater_b) with a < b -> number of items both rated.
+def _paired_label_codes(ratings: Sequence[Rating], scale: Sequence[int]) -> dict[tuple[str, str], list[int]]:
+    """(rater_a, rater_b) with a < b -> one code per shared item, ``pos(label_a) * K + pos(label_b)``.
 
-    Counting through each item's rater list only ever touches pairs that overlap, which is
-    far cheaper than intersecting all ~310k pairs of 788 raters.
+    Walking each item's raters only ever touches pairs that overlap, which is far cheaper
+    than intersecting all ~310k pairs of 788 raters. Raises ``ValueError`` for a label
+    outside ``scale``.
     """
-    raters_by_item: dict[str, set[str]] = defaultdict(set)
+    position = {label: k for k, label in enumerate(scale)}
+    unknown = {r.label for r in ratings} - position.keys()
+    if unknown:
+        raise ValueError(f"pairwise_cohen: labels {sorted(unknown)} are not in labels={list(scale)}")
+    by_item: dict[str, list[tuple[str, int]]] = defaultdict(list)
     for rating in ratings:
-        raters_by_item[rating.item_id].add(rating.rater_id)
-    counts: Counter[tuple[str, str]] = Counter()
-    for raters in raters_by_item.values():
-        counts.update(itertools.combinations(sorted(raters), 2))
-    return counts
+        by_item[rating.item_id].append((rating.rater_id, position[rating.label]))
+    size = len(scale)
+    codes: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for entries in by_item.values():
+        for (rater_a, pos_a), (rater_b, pos_b) in itertools.combinations(sorted(entries), 2):
+            codes[(rater_a, rater_b)].append(pos_a * size + pos_b)
+    return codes
+
+
+def _weight_matrix(size: int, weights: Weights) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """Disagreement weights between scale positions, as scikit-learn defines them."""
+    distance = np.abs(np.subtract.outer(np.arange(size), np.arange(size))).astype(np.float64)
+    if weights is None:
+        return (distance > 0).astype(np.float64)
+    return distance if weights == "linear" else distance**2
+
+
+def _kappas(confusions: np.ndarray[Any, np.dtype[np.float64]], weights: Weights) -> list[float]:
+    """Cohen's kappa of each K x K confusion matrix in a (P, K, K) stack; NaN where undefined.
+
+    Same formula as ``sklearn.metrics.cohen_kappa_score``: 1 - sum(W * O) / sum(W * E) with
+    E the outer product of the marginals scaled to the same total.
+    """
+    weight = _weight_matrix(confusions.shape[1], weights)
+    totals = confusions.sum(axis=(1, 2))
+    expected = np.einsum("pi,pj->pij", confusions.sum(axis=2), confusions.sum(axis=1)) / totals[:, None, None]
+    observed_disagreement = (confusions * weight).sum(axis=(1, 2))
+    expected_disagreement = (expected * weight).sum(axis=(1, 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kappa = 1 - observed_disagreement / expected_disagreement
+    kappa[expected_disagreement == 0] = np.nan  # both raters used one and the same label
+    return [float(k) for k in kappa]
 
 
 def pairwise_cohen(
@@ -165,22 +191,30 @@ def pairwise_cohen(
     from the lowest to the highest label for weighted kappa (weights count positions, so an
     unused middle grade must still be on the scale). Pairs whose kappa is undefined (both
     raters used one label) are kept, with NaN.
+
+    The kappas are those of :func:`cohen_kappa` (scikit-learn), computed for all pairs in one
+    numpy pass: scikit-learn's ~2 ms of input validation per call made a thousand pairs the
+    slowest part of Gate 1. The tests check the two agree.
     """
     if min_shared < 1:
         raise ValueError(f"pairwise_cohen: min_shared must be >= 1, not {min_shared}")
+    if weights not in WEIGHTS:
+        raise ValueError(f"pairwise_cohen: weights must be None, 'linear' or 'quadratic', not {weights!r}")
     ratings, _ = deduplicate(ratings)
-    label_list = list(labels) if labels is not None else _default_scale(ratings, weights)
-    by_rater = _labels_by_rater(ratings)
-    pairs: list[PairAgreement] = []
-    for (rater_a, rater_b), n in _shared_item_counts(ratings).items():
-        if n < min_shared:
-            continue
-        items_a, items_b = by_rater[rater_a], by_rater[rater_b]
-        shared = sorted(items_a.keys() & items_b.keys())
-        kappa = cohen_kappa(
-            [items_a[i] for i in shared], [items_b[i] for i in shared], labels=label_list, weights=weights
-        )
-        pairs.append(PairAgreement(rater_a, rater_b, n, kappa))
+    scale = list(labels) if labels is not None else _default_scale(ratings, weights)
+    kept = [
+        (pair, codes)
+        for pair, codes in _paired_label_codes(ratings, scale).items()
+        if len(codes) >= min_shared
+    ]
+    if not kept:
+        return []
+    size = len(scale)
+    confusions = np.stack([np.bincount(codes, minlength=size * size) for _, codes in kept]).astype(np.float64)
+    kappas = _kappas(confusions.reshape(len(kept), size, size), weights)
+    pairs = [
+        PairAgreement(a, b, len(codes), kappa) for ((a, b), codes), kappa in zip(kept, kappas, strict=True)
+    ]
     pairs.sort(key=lambda p: (-p.n, p.rater_a, p.rater_b))
     return pairs
 
@@ -302,6 +336,8 @@ def krippendorff_alpha(ratings: Sequence[Rating], level: AlphaLevel = "nominal")
     matrix = np.full((len(raters), len(items)), np.nan)
     for rating in ratings:
         matrix[raters[rating.rater_id], items[rating.item_id]] = rating.label
+    import krippendorff  # lazily, like scikit-learn in cohen_kappa
+
     # value_domain is given so an ordinal scale is the label set itself, in numeric order.
     return float(krippendorff.alpha(reliability_data=matrix, level_of_measurement=level, value_domain=labels))
 
@@ -389,7 +425,8 @@ def disputed_boundaries(ratings: Sequence[Rating]) -> list[BoundaryDispute]:
             item_counts[(a, b)] += 1
     total = sum(pair_counts.values())
     disputes = [
-        BoundaryDispute(a, b, count, item_counts[(a, b)], count / total) for (a, b), count in pair_counts.items()
+        BoundaryDispute(a, b, count, item_counts[(a, b)], count / total)
+        for (a, b), count in pair_counts.items()
     ]
     disputes.sort(key=lambda d: (-d.disagreeing_pairs, d.label_a, d.label_b))
     return disputes
@@ -397,19 +434,21 @@ def disputed_boundaries(ratings: Sequence[Rating]) -> list[BoundaryDispute]:
 
 @dataclass(frozen=True, slots=True)
 class ItemDispute:
-    """One item's ratings and how much its raters disagree (1 - P_i of Fleiss' kappa)."""
+    """One item's ratings and how spread its labels are."""
 
     item_id: str
     n: int
     label_counts: Mapping[int, int]
-    disagreement: float
+    disagreement: float  # 1 - sum_j p_j^2 over the item's label shares p_j
 
 
 def most_disputed_items(ratings: Sequence[Rating], top: int = 10) -> list[ItemDispute]:
     """The ``top`` items (with >= 2 ratings) whose raters disagree most.
 
-    Disagreement is 1 - P_i, the share of disagreeing rater pairs on the item. Ties go to the
-    item with more ratings (a 10-10 split is stronger evidence than a 1-1 split), then by id.
+    Disagreement is 1 - sum_j p_j^2 (p_j: the item's share of label j), the chance that two
+    ratings drawn from the item differ. It is deliberately not 1 - P_i of Fleiss' kappa,
+    which draws without replacement and so ranks every 1-1 split on two ratings above a
+    10-10 split on twenty. Ties go to the item with more ratings (stronger evidence), then id.
     """
     if top < 0:
         raise ValueError(f"most_disputed_items: top must be >= 0, not {top}")
@@ -420,8 +459,8 @@ def most_disputed_items(ratings: Sequence[Rating], top: int = 10) -> list[ItemDi
         if n < 2:
             continue
         per_label = Counter(labels)
-        agreeing = sum(c * (c - 1) for c in per_label.values())
-        disputes.append(ItemDispute(item_id, n, dict(sorted(per_label.items())), 1 - agreeing / (n * (n - 1))))
+        spread = 1 - sum((c / n) ** 2 for c in per_label.values())
+        disputes.append(ItemDispute(item_id, n, dict(sorted(per_label.items())), spread))
     disputes.sort(key=lambda d: (-d.disagreement, -d.n, d.item_id))
     return disputes[:top]
 
@@ -492,7 +531,8 @@ class Gate1Report:
                 "max": _num(self.pairwise.max),
             },
             "pairs": [
-                {"rater_a": p.rater_a, "rater_b": p.rater_b, "n": p.n, "kappa": _num(p.kappa)} for p in self.pairs
+                {"rater_a": p.rater_a, "rater_b": p.rater_b, "n": p.n, "kappa": _num(p.kappa)}
+                for p in self.pairs
             ],
             "disputed_boundaries": [
                 {

@@ -36,9 +36,7 @@ def load_ratings(path: str | Path) -> list[Rating]:
 def parse_ratings(lines: Iterable[str], source: str = "<ratings>") -> list[Rating]:
     """Parse JSONL ``lines`` into ratings; ``source`` names the input in error messages."""
     ratings = [
-        _parse_line(line, f"{source}:{number}")
-        for number, line in enumerate(lines, start=1)
-        if line.strip()
+        _parse_line(line, f"{source}:{number}") for number, line in enumerate(lines, start=1) if line.strip()
     ]
     if not ratings:
         raise RatingsFormatError(f"{source}: no ratings (the file is empty)")
