@@ -1,0 +1,326 @@
+"""Pure alert-rule evaluation and the per-(rule, category) alert state machine.
+
+A rule breaches when, for any of its burn-window pairs, BOTH windows hold at least
+``min_samples`` judgments AND the Wilson *lower* bound of the signal's rate exceeds
+``threshold × factor`` in both: the long window shows the problem is real, the short one that it
+is still happening, and the lower bound means a handful of bad items cannot page anyone. It has
+recovered when every pair's short window has enough samples and its *point* rate is at or under
+``threshold × factor``. Anything else (too few samples) holds the current state. See docs/alerts.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Literal
+
+from schemas.alerts import Alert, AlertExample, FailureModeShare, WindowFigure
+from schemas.judgments import Judgment
+from schemas.policy import AlertRule, parse_duration
+from streams.windows import RateEstimate, WindowStats, signal_rate
+
+StateName = Literal["ok", "pending", "firing", "resolved"]
+Emit = Literal["firing", "resolved"]
+
+
+@dataclass(frozen=True)
+class WindowFigureData:
+    """One window of one burn pair as evaluated: its rate, bounds and whether it breaches."""
+
+    window: str
+    seconds: int
+    role: Literal["long", "short"]
+    samples: int
+    weighted_samples: float
+    bad: int
+    rate: float
+    lower: float
+    upper: float
+    threshold: float
+    enough_samples: bool
+    breaching: bool
+
+    def to_schema(self) -> WindowFigure:
+        """As the alert payload's WindowFigure."""
+        return WindowFigure(
+            window=self.window,
+            seconds=self.seconds,
+            samples=self.samples,
+            weighted_samples=self.weighted_samples,
+            bad=self.bad,
+            rate=self.rate,
+            lower=self.lower,
+            upper=self.upper,
+            threshold=self.threshold,
+        )
+
+
+@dataclass(frozen=True)
+class RuleEvaluation:
+    """A rule's verdict on one category at one watermark."""
+
+    breaching: bool
+    recovered: bool
+    figures: list[WindowFigureData]
+
+
+def required_windows(rule: AlertRule) -> list[int]:
+    """The window lengths (seconds) ``evaluate_rule`` needs stats for, ascending."""
+    return sorted({s for w in rule.windows for s in (w.long_seconds, w.short_seconds)})
+
+
+def _figure(
+    name: str, role: Literal["long", "short"], stats: WindowStats, rule: AlertRule, threshold: float
+) -> WindowFigureData:
+    estimate: RateEstimate = signal_rate(stats, rule)
+    enough = estimate.samples >= rule.min_samples
+    return WindowFigureData(
+        window=name,
+        seconds=stats.window_s,
+        role=role,
+        samples=estimate.samples,
+        weighted_samples=stats.weighted_samples,
+        bad=estimate.bad,
+        rate=estimate.rate,
+        lower=estimate.lower,
+        upper=estimate.upper,
+        threshold=threshold,
+        enough_samples=enough,
+        breaching=enough and estimate.lower > threshold,
+    )
+
+
+def _stats(stats_by_window: Mapping[int, WindowStats], seconds: int, rule: AlertRule) -> WindowStats:
+    try:
+        return stats_by_window[seconds]
+    except KeyError:
+        raise KeyError(f"rule {rule.id} needs stats for the {seconds}s window") from None
+
+
+def evaluate_rule(rule: AlertRule, stats_by_window: Mapping[int, WindowStats]) -> RuleEvaluation:
+    """Evaluate ``rule`` against window stats keyed by window seconds (see ``required_windows``)."""
+    figures: list[WindowFigureData] = []
+    breaching = False
+    recovered = True
+    for pair in rule.windows:
+        threshold = rule.threshold * pair.factor
+        long = _figure(pair.long, "long", _stats(stats_by_window, pair.long_seconds, rule), rule, threshold)
+        short = _figure(
+            pair.short, "short", _stats(stats_by_window, pair.short_seconds, rule), rule, threshold
+        )
+        figures += [long, short]
+        breaching = breaching or (long.breaching and short.breaching)
+        # A pair vouches for recovery only with enough recent evidence that the rate is back down.
+        recovered = recovered and short.enough_samples and short.rate <= threshold
+    return RuleEvaluation(breaching=breaching, recovered=recovered and not breaching, figures=figures)
+
+
+@dataclass(frozen=True)
+class AlertState:
+    """Stored state of one (rule, category). Times are event times (the watermark).
+
+    ``version`` increments on every stored change; the store uses it for check-and-set.
+    """
+
+    state: StateName = "ok"
+    since: datetime | None = None
+    started_at: datetime | None = None
+    fired_at: datetime | None = None
+    last_breach_at: datetime | None = None
+    recovered_since: datetime | None = None
+    resolved_at: datetime | None = None
+    incident_id: str | None = None
+    version: int = 0
+
+    def to_dict(self) -> dict[str, str]:
+        """Flat strings for a Redis hash; None becomes ''."""
+        out: dict[str, str] = {}
+        for name in _STATE_FIELDS:
+            value = getattr(self, name)
+            out[name] = (
+                "" if value is None else value.isoformat() if isinstance(value, datetime) else str(value)
+            )
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, str]) -> AlertState:
+        """Inverse of ``to_dict``; an empty mapping is the initial 'ok' state."""
+        if not data:
+            return cls()
+        times = {n: datetime.fromisoformat(data[n]) if data.get(n) else None for n in _TIME_FIELDS}
+        state = data.get("state") or "ok"
+        if state not in ("ok", "pending", "firing", "resolved"):
+            raise ValueError(f"unknown alert state {state!r}")
+        return cls(
+            state=state,  # type: ignore[arg-type]  # checked just above
+            incident_id=data.get("incident_id") or None,
+            version=int(data.get("version") or 0),
+            **times,
+        )
+
+
+_TIME_FIELDS = ("since", "started_at", "fired_at", "last_breach_at", "recovered_since", "resolved_at")
+_STATE_FIELDS = ("state", *_TIME_FIELDS, "incident_id", "version")
+
+
+@dataclass(frozen=True)
+class Transition:
+    """The next state and what to announce: None, or exactly one 'firing' / 'resolved'."""
+
+    new_state: AlertState
+    emit: Emit | None
+
+
+def incident_id_for(rule_id: str, started_at: datetime) -> str:
+    """Deterministic incident id: a replay of the same day names incidents identically."""
+    key = f"{rule_id}\x1f{started_at.isoformat()}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _elapsed(since: datetime | None, now: datetime) -> timedelta:
+    # Out-of-order evaluation (now before since) counts as no time passed.
+    return max(timedelta(0), now - since) if since is not None else timedelta(0)
+
+
+def _open_incident(rule: AlertRule, now: datetime) -> Transition:
+    pending = AlertState(
+        state="pending",
+        since=now,
+        started_at=now,
+        last_breach_at=now,
+        incident_id=incident_id_for(rule.id, now),
+    )
+    if rule.pending_for is None:
+        return Transition(replace(pending, state="firing", fired_at=now), "firing")
+    return Transition(pending, None)
+
+
+def _from_pending(
+    state: AlertState, evaluation: RuleEvaluation, now: datetime, rule: AlertRule
+) -> Transition:
+    if not evaluation.breaching:
+        return Transition(AlertState(state="ok", since=now), None)
+    held = _elapsed(state.since, now) >= timedelta(seconds=parse_duration(rule.pending_for or "1s"))
+    if rule.pending_for is None or held:
+        return Transition(
+            replace(state, state="firing", since=now, fired_at=now, last_breach_at=now), "firing"
+        )
+    return Transition(replace(state, last_breach_at=now), None)
+
+
+def _from_firing(state: AlertState, evaluation: RuleEvaluation, now: datetime, rule: AlertRule) -> Transition:
+    if evaluation.breaching:
+        return Transition(replace(state, last_breach_at=now, recovered_since=None), None)
+    if not evaluation.recovered:
+        return Transition(state, None)  # too little evidence either way: hold
+    recovered_since = state.recovered_since or now
+    if _elapsed(recovered_since, now) >= timedelta(seconds=parse_duration(rule.resolve_for)):
+        resolved = replace(
+            state, state="resolved", since=now, resolved_at=now, recovered_since=recovered_since
+        )
+        return Transition(resolved, "resolved")
+    return Transition(replace(state, recovered_since=recovered_since), None)
+
+
+def transition(
+    state: AlertState, evaluation: RuleEvaluation, now_event_time: datetime, rule: AlertRule
+) -> Transition:
+    """Advance the state machine ok → pending → firing → resolved (see docs/alerts.md).
+
+    Emits 'firing' once per incident and 'resolved' once; flapping inside a firing incident only
+    resets the resolve timer. The returned state keeps ``version``; the store bumps it on put.
+    """
+    now = now_event_time
+    if state.state in ("ok", "resolved"):
+        if evaluation.breaching:
+            opened = _open_incident(rule, now)
+            return Transition(replace(opened.new_state, version=state.version), opened.emit)
+        return Transition(state, None)
+    if state.state == "pending":
+        return _from_pending(state, evaluation, now, rule)
+    return _from_firing(state, evaluation, now, rule)
+
+
+def alert_id_for(rule_id: str, category: str, started_at: datetime) -> str:
+    """Deterministic alert id from rule, category and incident start."""
+    key = f"{rule_id}\x1f{category}\x1f{started_at.isoformat()}"
+    return "alert-" + hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def dedup_key_for(rule_id: str, category: str) -> str:
+    """One open alert per (rule, category): the key PagerDuty and consumers deduplicate on."""
+    return f"{rule_id}/{category}"
+
+
+def build_alert(
+    rule: AlertRule,
+    category: str,
+    state: AlertState,
+    evaluation: RuleEvaluation,
+    top_failure_modes: Sequence[FailureModeShare],
+    examples: Sequence[AlertExample],
+    policy_version: str,
+    now: datetime,
+) -> Alert:
+    """The Alert to publish for ``state`` (pending, firing or resolved; never 'ok')."""
+    if state.state == "ok" or state.started_at is None:
+        raise ValueError("an 'ok' state has no alert to build")
+    return Alert(
+        alert_id=alert_id_for(rule.id, category, state.started_at),
+        dedup_key=dedup_key_for(rule.id, category),
+        category=category,
+        rule=rule.id,
+        description=rule.description.strip()[:1000],
+        severity=rule.severity,
+        state=state.state,
+        signal=rule.signal if rule.failure_mode is None else f"{rule.signal}:{rule.failure_mode}",
+        threshold=rule.threshold,
+        windows=[figure.to_schema() for figure in evaluation.figures][:16],
+        top_failure_modes=list(top_failure_modes)[:16],
+        examples=list(examples)[:10],
+        policy_version=policy_version,
+        started_at=state.started_at,
+        fired_at=state.fired_at,
+        resolved_at=state.resolved_at if state.state == "resolved" else None,
+        updated_at=now,
+    )
+
+
+def top_failure_modes(stats: WindowStats, limit: int = 5) -> list[FailureModeShare]:
+    """The most tagged failure modes in a window, with their share of ok judgments."""
+    counts = sorted(stats.failure_modes().items(), key=lambda item: (-item[1], item[0]))
+    total = max(stats.samples, 1)
+    return [
+        FailureModeShare(failure_mode=mode, count=count, share=min(1.0, count / total))
+        for mode, count in counts[:limit]
+        if count > 0
+    ]
+
+
+def is_bad(judgment: Judgment, rule: AlertRule) -> bool:
+    """Whether ``judgment`` counts toward ``rule``'s bad share (to pick alert examples)."""
+    if rule.signal == "error_share":
+        return judgment.status == "error"
+    if judgment.status != "ok":
+        return False
+    if rule.signal == "failure_mode_share":
+        return rule.failure_mode in judgment.failure_modes
+    bad = ("filter",) if rule.signal == "filtered_share" else ("filter", "related")
+    return judgment.display in bad
+
+
+def example_of(judgment: Judgment) -> AlertExample:
+    """An AlertExample from a judgment, rationale included."""
+    return AlertExample(
+        judgment_id=judgment.judgment_id,
+        event_id=judgment.event_id,
+        item_id=judgment.item_id,
+        query=judgment.query,
+        item_title=judgment.item_title,
+        grade=judgment.grade,
+        display=judgment.display,
+        failure_modes=judgment.failure_modes,
+        rationale=judgment.rationale or (judgment.error or ""),
+    )
