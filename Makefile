@@ -1,0 +1,51 @@
+# evalloop: `make help` lists the targets. Everything runs from the repo root with the project venv.
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup up down status run test test-unit lint typecheck schemas bench clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: ## Install everything (venv + pinned packages, redis-server/JDK/Maven via apt, Kafka jars); idempotent
+	@bash infra/setup.sh
+
+up: setup ## Start local Kafka (KRaft, 127.0.0.1:19092) and Redis (127.0.0.1:16379); create the topics
+	@$(PY) -m infra.local up
+
+down: ## Stop the local services (and a Ray left under .evalloop/ray)
+	@$(PY) -m infra.local down
+
+status: ## Show whether each local service is up
+	@$(PY) -m infra.local status
+
+run: up ## Start the services and run the loop (for now: show the services' status)
+	@$(PY) -m infra.local status
+
+test: setup ## All tests (unit + integration) against freshly started services; stops them afterwards
+	@rc=0; \
+	$(PY) -m infra.local up || rc=$$?; \
+	if [ $$rc -eq 0 ]; then $(PY) -m pytest -ra $(PYTEST_ARGS) || rc=$$?; fi; \
+	if ! $(PY) -m infra.local down; then echo "make test: stopping the services failed" >&2; [ $$rc -ne 0 ] || rc=1; fi; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): that is a failure" >&2; fi; \
+	exit $$rc
+
+test-unit: ## Unit tests only (no services needed)
+	@$(PY) -m pytest -ra tests/unit $(PYTEST_ARGS)
+
+lint: ## ruff check + ruff format --check (checks only, changes nothing)
+	@$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+typecheck: ## mypy --strict on the packages listed in [tool.mypy] (pyproject.toml)
+	@$(PY) -m mypy
+
+schemas: ## Export the JSON schemas (schemas/export.py)
+	@$(PY) -m schemas.export
+
+bench: ## Run the benchmarks (python -m bench)
+	@$(PY) -m bench
+
+clean: ## Stop the services and delete the state dir (.evalloop: jars, data, logs)
+	@if [ -x $(PY) ]; then $(PY) -m infra.local down; fi
+	rm -rf .evalloop

