@@ -7,7 +7,6 @@ Ray starts once per test session (``num_cpus=2``; ~4 s) and every app runs with 
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 import time
 from collections.abc import Iterator
