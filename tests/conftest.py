@@ -6,7 +6,6 @@ run `make up`, so CI cannot silently pass without exercising the services.
 
 from __future__ import annotations
 
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,10 +19,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from schemas.settings import Settings, load_settings
 
-# The repo root on sys.path, so tests can import the repo-only `infra` package under plain `pytest`.
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 UP_HINT = "start the local services with `make up` (or point EVALLOOP_* settings at your own clusters)"
 
