@@ -1,0 +1,144 @@
+"""`evalloop gate2`: does the teacher agree with the golden set?
+
+Turns every golden item into a ``JudgeRequest`` and runs the teacher's ``judge`` in batches, the
+code path production uses, then scores the grades (judges.gate2). See docs/gate2.md.
+
+Exit codes: 0 when the weighted kappa reaches the policy's ``gates.gate2.min_kappa``, 1 when it
+does not (or is undefined), 2 on bad input or a teacher that cannot start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from judges.gate2 import Gate2Report, GroupKappa, gate2_report
+from judges.golden import GoldenFormatError, check_golden, golden_requests, load_golden
+from judges.registry import backend_names, build_teacher
+from schemas.judgments import Judgment
+from schemas.policy import PolicyError, load_policy
+
+DEFAULT_POLICY = "policies/product-search.yaml"
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``gate2`` subcommand to the top-level ``evalloop`` parser."""
+    p = subparsers.add_parser(
+        "gate2",
+        help="Gate 2: does the teacher agree with the golden set? (Cohen's kappa, cluster bootstrap CI)",
+        description="Judge every golden item with the teacher and compare with the golden grades. "
+        "Exit 1 when the weighted kappa is under the policy's gates.gate2.min_kappa.",
+    )
+    p.add_argument("--teacher", default=None, choices=backend_names(), help="backend (default: the policy's)")
+    p.add_argument("--golden", default=None, help="golden JSONL (default: the policy's golden.file)")
+    p.add_argument("--policy", default=DEFAULT_POLICY, help=f"policy YAML (default {DEFAULT_POLICY})")
+    p.add_argument("--artifact", default=None, help="embedding teacher artifact (default: the policy's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument(
+        "--bootstrap", type=_non_negative, default=1000, help="bootstrap replicates (default 1000)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--worst", type=_non_negative, default=10, help="disagreements to show (default 10)")
+    p.add_argument("--batch-size", type=_positive, default=64, help="requests per judge() call (default 64)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run Gate 2; return the exit code."""
+    try:
+        policy = load_policy(args.policy)
+        golden_path = Path(args.golden or policy.golden.file)
+        items = load_golden(golden_path)
+        check = check_golden(items, policy)
+        if not check.ok:
+            raise GoldenFormatError(f"{golden_path} fails the golden check: {'; '.join(check.errors)}")
+        options = {"artifact": args.artifact} if args.artifact else {}
+        teacher = build_teacher(policy, args.teacher, **options)
+    except (GoldenFormatError, PolicyError, ValueError, RuntimeError, ImportError, OSError) as exc:
+        print(f"evalloop gate2: error: {exc}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    requests = golden_requests(items)
+    judgments: list[Judgment] = []
+    for start in range(0, len(requests), args.batch_size):
+        judgments.extend(teacher.judge(requests[start : start + args.batch_size]))
+    judge_seconds = time.perf_counter() - started
+    report = gate2_report(
+        items, judgments, policy, bootstrap=args.bootstrap, seed=args.seed, worst=args.worst
+    )
+    if args.json:
+        out = report.to_json_dict()
+        out.update(
+            golden=str(golden_path), policy_version=policy.version, judge_seconds=round(judge_seconds, 2)
+        )
+        print(json.dumps(out, ensure_ascii=False, allow_nan=False))
+    else:
+        print(format_report(report, str(golden_path), judge_seconds))
+    if not report.passed:
+        print(f"evalloop gate2: {report.verdict}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def format_report(report: Gate2Report, source: str, seconds: float) -> str:
+    """The human-readable Gate 2 report."""
+    ci = f"[{report.ci[0]:.4f}, {report.ci[1]:.4f}]" if report.ci else "n/a"
+    lines = [
+        "Gate 2 — teacher vs golden set",
+        f"  golden             {source}: {report.n_total} items ({report.errors} errors, not scored)",
+        f"  teacher            {report.teacher_version}  ({seconds:.1f}s to judge)",
+        f"  scored pairs       {report.n}",
+        f"  kappa              {_f(report.kappa)}",
+        f"  weighted kappa     {_f(report.weighted_kappa)}  ({report.weights})  95% CI {ci} "
+        f"(bootstrap by query, {report.bootstrap} replicates, seed {report.seed})",
+        f"  verdict            {report.verdict}",
+        "",
+        "Confusion (rows golden grade, columns teacher grade)",
+        "  " + " " * 8 + "".join(f"{g:>7}" for g in report.grades),
+    ]
+    lines += [
+        f"  {g:>8}" + "".join(f"{n:>7}" for n in row)
+        for g, row in zip(report.grades, report.confusion, strict=True)
+    ]
+    lines += ["", _groups("Per category", report.per_category), "", _groups("Per query", report.per_query)]
+    if report.worst:
+        lines += ["", "Worst disagreements (golden vs teacher grade)"]
+        for d in report.worst:
+            lines.append(
+                f"  {d.golden_grade} vs {d.teacher_grade}  {d.id}  query '{d.query}'  item '{d.title}'"
+            )
+            lines.append(f"      golden reason: {d.golden_reason}")
+            lines.append(f"      teacher:       {d.teacher_rationale}")
+    if report.error_examples:
+        lines += ["", "Error judgments"] + [f"  {e['id']}: {e['error']}" for e in report.error_examples]
+    return "\n".join(lines)
+
+
+def _groups(title: str, groups: dict[str, GroupKappa]) -> str:
+    width = max([len(name) for name in groups] + [10])
+    lines = [f"{title}", f"  {'':<{width}} {'n':>5} {'kappa':>8} {'weighted':>9}"]
+    for name, g in groups.items():
+        lines.append(f"  {name:<{width}} {g.n:>5} {_f(g.kappa):>8} {_f(g.weighted_kappa):>9}")
+    return "\n".join(lines)
+
+
+def _f(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value

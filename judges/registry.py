@@ -1,0 +1,42 @@
+"""Teacher backends by name, imported only when asked for (the GPU one pulls in vLLM).
+
+Every backend class takes ``(policy: Policy, **options)`` and implements ``judges.base.Teacher``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from judges.base import Teacher
+from schemas.policy import Policy
+
+#: backend name -> (module, class)
+BACKENDS: dict[str, tuple[str, str]] = {
+    "embedding": ("judges.embedding_teacher", "EmbeddingTeacher"),
+    "openai": ("judges.openai_backend", "OpenAITeacher"),
+    "vllm": ("judges.vllm_backend", "VLLMTeacher"),
+    "noop": ("judges.fake", "NoopTeacher"),
+}
+
+
+def backend_names() -> list[str]:
+    """The registered backend names, sorted."""
+    return sorted(BACKENDS)
+
+
+def build_teacher(policy: Policy, backend: str | None = None, **options: Any) -> Teacher:
+    """The teacher named ``backend`` (default: the policy's ``teacher.backend``) for ``policy``.
+
+    Raises ValueError for an unknown name; the backend's own errors (missing artifact, missing
+    model, unreachable server) propagate, since a misconfigured teacher must not start.
+    """
+    name = backend or policy.teacher.backend
+    if name not in BACKENDS:
+        raise ValueError(f"unknown teacher backend {name!r}; known backends: {', '.join(backend_names())}")
+    module_name, class_name = BACKENDS[name]
+    cls = getattr(importlib.import_module(module_name), class_name)
+    teacher = cls(policy, **options)
+    if not isinstance(teacher, Teacher):
+        raise TypeError(f"{module_name}.{class_name} does not implement the Teacher protocol")
+    return teacher
