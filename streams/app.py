@@ -1,0 +1,436 @@
+"""The Faust app: topics and the three agents of the loop.
+
+1. ``validate_and_sample``: events (raw bytes) → dead letters | samples (keyed by event_id).
+2. ``judge``: samples → teacher over Ray Serve (bounded concurrency) → judgments (keyed by category).
+3. ``aggregate_and_alert``: judgments → Redis windows (idempotent) → rules at the watermark →
+   alerts topic + webhooks on firing/resolved only.
+
+Each stage reads its own topic, so any stage can be replayed or scaled by partitions on its own.
+Delivery is at-least-once: an agent waits for its outputs to be acknowledged before its input
+offset is acknowledged, and redelivered duplicates are harmless because judgment ids are
+deterministic and the windows apply each judgment id once. The stage logic lives in
+``streams.pipeline``; this module only moves bytes and wires collaborators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import faust
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.alerts import Alert
+from schemas.events import Sample
+from schemas.judgments import Judgment
+from schemas.policy import Policy
+from schemas.settings import KafkaSettings, Settings
+from streams import pipeline
+from streams.deadletter import DeadLetter, SourcePosition, dead_letter
+from streams.notify import RetryPolicy, WebhookSender, WebhookTarget, deliver
+from streams.sampling import Sampler
+from streams.teacher_client import CircuitBreaker, TeacherClient
+
+log = logging.getLogger(__name__)
+
+STAGE_TOPICS = ("events", "samples", "judgments", "alerts", "dead_letters")
+#: Counters of the loop (OpenTelemetry ``evalloop.<name>``); attributes add category/reason.
+COUNTER_NAMES = (
+    "events_seen",
+    "events_invalid",
+    "events_late",
+    "sampled",
+    "not_sampled",
+    "shed",
+    "samples_invalid",
+    "judged_ok",
+    "judged_error",
+    "windows_applied",
+    "duplicates_ignored",
+    "judgments_late",
+    "alerts_emitted",
+    "webhook_failures",
+)
+
+
+class StreamSettings(BaseSettings):
+    """Knobs of the streaming worker (``EVALLOOP_STREAM_*``); everything else is in ``Settings``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EVALLOOP_STREAM_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    app_id: str = Field(default="evalloop", pattern=r"^[A-Za-z0-9._-]+$")
+    #: Event-time lateness the watermark allows; windows are evaluated at max event time − this.
+    allowed_lateness_s: float = Field(default=600.0, ge=0.0)
+    #: Older than watermark − retention → dead letter "late"; None: the policy's longest window.
+    retention_s: float | None = Field(default=None, gt=0.0)
+    bucket_seconds: int = Field(default=300, ge=1)
+    window_ttl_s: int = Field(default=2 * 86400, ge=60)
+    judge_concurrency: int = Field(default=4, ge=1, le=256)
+    teacher_url: str | None = None
+    teacher_timeout_s: float = Field(default=30.0, gt=0.0)
+    teacher_retries: int = Field(default=3, ge=0, le=20)
+    teacher_max_concurrency: int = Field(default=8, ge=1, le=1024)
+    teacher_max_batch: int = Field(default=64, ge=1, le=1000)
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_cooldown_s: float = Field(default=10.0, gt=0.0)
+    aggregate_batch: int = Field(default=500, ge=1)
+    aggregate_within_s: float = Field(default=0.5, gt=0.0)
+    #: JSON or YAML list of ``streams.notify.WebhookTarget`` objects.
+    webhooks_file: str | None = None
+    log_interval_s: float = Field(default=30.0, gt=0.0)
+    #: A partition silent this long (wall seconds) stops holding the event-time watermark back.
+    partition_idle_s: float = Field(default=10.0, gt=0.0)
+    broker_session_timeout_s: float = 10.0
+    broker_heartbeat_interval_s: float = 1.0
+    broker_rebalance_timeout_s: float = 10.0
+    broker_request_timeout_s: float = 20.0
+    commit_interval_s: float = 1.0
+
+
+class LoopMetrics:
+    """The loop's counters: OpenTelemetry (in-memory reader unless a provider is given) plus a
+    plain process-local tally for logs and tests."""
+
+    def __init__(self, provider: MeterProvider | None = None) -> None:
+        self.reader: InMemoryMetricReader | None = None
+        if provider is None:
+            self.reader = InMemoryMetricReader()
+            provider = MeterProvider(metric_readers=[self.reader])
+        meter = provider.get_meter("evalloop.streams")
+        self._counters = {name: meter.create_counter(f"evalloop.{name}") for name in COUNTER_NAMES}
+        self._tally: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
+
+    def add(self, name: str, amount: int = 1, **attributes: str) -> None:
+        """Count ``amount`` under ``name`` (attributes go to OpenTelemetry only)."""
+        if amount:
+            self._tally[name] += amount
+            self._counters[name].add(amount, attributes=attributes)
+
+    def snapshot(self) -> dict[str, int]:
+        """Totals since start."""
+        return dict(self._tally)
+
+
+def broker_urls(bootstrap_servers: str) -> list[str]:
+    """``"h1:9092,h2:9092"`` → ``["kafka://h1:9092", "kafka://h2:9092"]`` (Faust's aiokafka transport)."""
+    hosts = [part.strip() for part in bootstrap_servers.split(",") if part.strip()]
+    return [host if "://" in host else f"kafka://{host}" for host in hosts]
+
+
+def broker_credentials(kafka: KafkaSettings) -> Any:
+    """Map the Kafka security settings onto Faust credentials (None for PLAINTEXT)."""
+    protocol = kafka.security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    import ssl
+
+    context = None
+    if protocol.endswith("SSL"):
+        context = ssl.create_default_context(cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)
+        if kafka.ssl_certfile:
+            password = kafka.ssl_key_password.get_secret_value() if kafka.ssl_key_password else None
+            keyfile = str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None
+            context.load_cert_chain(str(kafka.ssl_certfile), keyfile=keyfile, password=password)
+    if protocol.startswith("SASL_"):
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+            ssl_context=context,
+            mechanism=kafka.sasl_mechanism,
+        )
+    return faust.SSLCredentials(context)
+
+
+class Outputs(Protocol):
+    """Where agents publish: ``send`` returns once the records are acknowledged."""
+
+    async def send(self, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None: ...
+
+
+class WatermarkSink(Protocol):
+    """Persists the aggregate stage's watermark (epoch seconds) so `evalloop status` can read it."""
+
+    def set_watermark(self, epoch: float) -> None: ...
+
+
+@dataclass
+class Components:
+    """Everything the agents use, injected so unit tests can swap in fakes."""
+
+    settings: Settings
+    stream: StreamSettings
+    policy: Policy
+    teacher: TeacherClient
+    windows: pipeline.WindowStoreLike
+    alert_states: pipeline.AlertStateStoreLike
+    outputs: Outputs | None = None
+    breaker: CircuitBreaker | None = None
+    webhooks: list[WebhookTarget] = field(default_factory=list)
+    webhook_sender: WebhookSender | None = None
+    watermark_sink: WatermarkSink | None = None
+    metrics: LoopMetrics = field(default_factory=LoopMetrics)
+
+    def __post_init__(self) -> None:
+        self.sampler = Sampler(self.policy)
+        self.retention_s = self.stream.retention_s or pipeline.policy_retention_s(self.policy)
+        lateness, idle = self.stream.allowed_lateness_s, self.stream.partition_idle_s
+        topics = self.settings.topics
+        self.event_watermark = pipeline.PartitionedWatermark(lateness, topics.events.partitions, idle)
+        self.judgment_watermark = pipeline.PartitionedWatermark(lateness, topics.judgments.partitions, idle)
+        self.examples = pipeline.RecentExamples()
+        #: Event time (epoch) of the last alert evaluation: rules run at each bucket boundary.
+        self.last_evaluated: float | None = None
+
+    @property
+    def topic_names(self) -> dict[str, str]:
+        """Stage name (``events``, ``samples``, ...) → the configured Kafka topic name."""
+        return {name: spec.name for name, spec in zip(STAGE_TOPICS, self.settings.topics.all(), strict=True)}
+
+    async def publish(self, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
+        """Send to the named stage topic (``events``, ``samples``, ...)."""
+        if records:
+            if self.outputs is None:
+                raise RuntimeError("no outputs wired: create the app with create_app()")
+            await self.outputs.send(self.topic_names[topic], records)
+
+
+# --------------------------------------------------------------------------- stage handlers
+
+
+async def handle_event(c: Components, raw: bytes, source: SourcePosition | None) -> str:
+    """Stage 1 for one event; returns what happened (for tests and logs)."""
+    c.metrics.add("events_seen")
+    outcome = pipeline.validate(raw, source, watermark=c.event_watermark, retention_s=c.retention_s)
+    if isinstance(outcome, DeadLetter):
+        c.metrics.add("events_late" if outcome.reason == "late" else "events_invalid", reason=outcome.reason)
+        await c.publish("dead_letters", [(None, outcome.to_bytes())])
+        return f"dead_letter:{outcome.reason}"
+    if c.breaker is not None:
+        c.sampler.shed_while(c.breaker.is_open)
+    # Wall time: the budget protects the teacher's real capacity, which is measured in wall seconds.
+    chosen = pipeline.sample(outcome.event, c.sampler, time.time())
+    category = outcome.event.category
+    if chosen.sample is None:
+        c.metrics.add("shed" if chosen.decision.shed else "not_sampled", category=category)
+        return chosen.decision.reason
+    c.metrics.add("sampled", category=category)
+    key = outcome.event.event_id.encode()
+    await c.publish("samples", [(key, chosen.sample.model_dump_json().encode())])
+    return "sampled"
+
+
+async def handle_sample(c: Components, raw: bytes, source: SourcePosition | None) -> list[Judgment]:
+    """Stage 2 for one sample: judge its items and publish the judgments keyed by category."""
+    try:
+        chosen = Sample.model_validate_json(raw)
+    except ValidationError as error:
+        c.metrics.add("samples_invalid")
+        letter = dead_letter(raw, "schema", detail=f"bad sample: {str(error)[:500]}", source=source)
+        await c.publish("dead_letters", [(None, letter.to_bytes())])
+        return []
+    requests = pipeline.to_requests(chosen, c.policy.sampling.max_items_per_event)
+    judgments = await c.teacher.judge(requests)
+    for judgment in judgments:
+        c.metrics.add("judged_ok" if judgment.status == "ok" else "judged_error", category=judgment.category)
+    records = [(j.category.encode(), j.model_dump_json().encode()) for j in judgments]
+    await c.publish("judgments", records)
+    return judgments
+
+
+def _parse_judgments(
+    raws: Sequence[bytes], partitions: Sequence[int]
+) -> tuple[list[Judgment], list[tuple[bytes, str]], list[int]]:
+    good: list[Judgment] = []
+    bad: list[tuple[bytes, str]] = []
+    parts: list[int] = []
+    for raw, partition in zip(raws, partitions, strict=True):
+        try:
+            good.append(Judgment.model_validate_json(raw))
+            parts.append(partition)
+        except ValidationError as error:
+            bad.append((raw, str(error)[:500]))
+    return good, bad, parts
+
+
+async def handle_judgments(
+    c: Components, raws: Sequence[bytes], partitions: Sequence[int] | None = None
+) -> list[Alert]:
+    """Stage 3 for a batch: apply to the windows, then evaluate every category at the watermark."""
+    judgments, bad, parts = _parse_judgments(raws, partitions or [0] * len(raws))
+    letters = [dead_letter(raw, "schema", detail=f"bad judgment: {why}") for raw, why in bad]
+    result = await asyncio.to_thread(
+        pipeline.aggregate, judgments, c.windows, c.judgment_watermark, c.retention_s, parts
+    )
+    letters += [dead_letter(j.model_dump_json().encode(), "late", field="event_time") for j in result.late]
+    c.metrics.add("windows_applied", result.applied)
+    c.metrics.add("duplicates_ignored", result.duplicates)
+    c.metrics.add("judgments_late", len(result.late))
+    await c.publish("dead_letters", [(None, letter.to_bytes()) for letter in letters])
+    c.examples.add(judgments)
+    at = c.judgment_watermark.value
+    if at is None:
+        return []
+    if c.watermark_sink is not None:
+        await asyncio.to_thread(c.watermark_sink.set_watermark, at.timestamp())
+    points = pipeline.evaluation_points(c.last_evaluated, at.timestamp(), c.stream.bucket_seconds)
+    alerts: list[Alert] = []
+    for point in points:
+        alerts += await asyncio.to_thread(_evaluate_all, c, pipeline.utc_from_epoch(point), result.categories)
+    c.last_evaluated = points[-1] if points else c.last_evaluated
+    for alert in alerts:
+        c.metrics.add("alerts_emitted", category=alert.category, state=alert.state)
+        log.warning("alert %s %s %s", alert.state, alert.rule, alert.category)
+    await c.publish("alerts", [(a.dedup_key.encode(), pipeline.alert_bytes(a)) for a in alerts])
+    await _notify(c, alerts)
+    return alerts
+
+
+def _evaluate_all(c: Components, at: Any, touched: frozenset[str]) -> list[Alert]:
+    # Every known category, not only those in this batch: a quiet category must still be able to
+    # resolve (or go stale) as the watermark moves on.
+    categories = sorted(set(c.windows.categories()) | touched)
+    alerts: list[Alert] = []
+    for category in categories:
+        alerts += pipeline.evaluate_alerts(category, c.policy, c.windows, c.alert_states, at, c.examples)
+    return alerts
+
+
+async def _notify(c: Components, alerts: Sequence[Alert]) -> None:
+    if not c.webhooks or c.webhook_sender is None:
+        return
+    sender = c.webhook_sender
+    for alert in alerts:
+        results = await asyncio.to_thread(deliver, alert, c.webhooks, sender, RetryPolicy(max_attempts=3))
+        for result in results:
+            if not result.ok:
+                c.metrics.add("webhook_failures", target=result.target)
+                log.warning("webhook %s failed for %s: %s", result.target, alert.alert_id, result.error)
+
+
+# --------------------------------------------------------------------------- Faust wiring
+
+
+class FaustOutputs:
+    """Outputs over the app's Faust topics; waits for the broker's acknowledgement of every record."""
+
+    def __init__(self, topics: dict[str, Any]) -> None:
+        self._topics = topics
+
+    async def send(self, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
+        target = self._topics[topic]
+        pending = [await target.send(key=key, value=value) for key, value in records]
+        await asyncio.gather(*pending)
+
+
+def _position(event: Any) -> SourcePosition:
+    message = event.message
+    return SourcePosition(topic=message.topic, partition=message.partition, offset=message.offset)
+
+
+@dataclass
+class EvalloopApp:
+    """The Faust app, its topics and agents, and the shared components."""
+
+    app: Any
+    topics: dict[str, Any]
+    components: Components
+    validate_agent: Any = None
+    judge_agent: Any = None
+    aggregate_agent: Any = None
+
+
+def faust_config(settings: Settings, stream: StreamSettings) -> dict[str, Any]:
+    """Faust App keyword arguments from the settings (see docs/streaming.md for the why of each)."""
+    config: dict[str, Any] = {
+        "broker": broker_urls(settings.kafka.bootstrap_servers),
+        "store": "memory://",
+        "topic_partitions": settings.topics.events.partitions,
+        "topic_allow_declare": False,
+        "topic_disable_leader": True,
+        "web_enabled": False,
+        "autodiscover": False,
+        "consumer_auto_offset_reset": "earliest",
+        "broker_client_id": settings.kafka.client_id,
+        # Short timeouts: first message in ~4 s instead of ~30 s (see /work/shared/notes/stack.md).
+        "broker_session_timeout": stream.broker_session_timeout_s,
+        "broker_heartbeat_interval": stream.broker_heartbeat_interval_s,
+        "broker_rebalance_timeout": stream.broker_rebalance_timeout_s,
+        "broker_request_timeout": stream.broker_request_timeout_s,
+        "broker_commit_interval": stream.commit_interval_s,
+        "producer_acks": -1,
+        "logging_config": None,
+    }
+    credentials = broker_credentials(settings.kafka)
+    if credentials is not None:
+        config["broker_credentials"] = credentials
+    return config
+
+
+def create_app(components: Components, *, faust_app: Any = None) -> EvalloopApp:
+    """Build the Faust app with its topics and agents around ``components``."""
+    settings, stream = components.settings, components.stream
+    app = faust_app or faust.App(stream.app_id, **faust_config(settings, stream))
+    specs = dict(zip(STAGE_TOPICS, settings.topics.all(), strict=True))
+    topics = {
+        name: app.topic(
+            spec.name,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=spec.partitions,
+            internal=False,
+        )
+        for name, spec in specs.items()
+    }
+    if components.outputs is None:
+        components.outputs = FaustOutputs({spec.name: topics[name] for name, spec in specs.items()})
+    loop = EvalloopApp(app=app, topics=topics, components=components)
+    _add_agents(loop)
+    _add_timer(loop)
+    return loop
+
+
+def _add_agents(loop: EvalloopApp) -> None:
+    app, topics, c = loop.app, loop.topics, loop.components
+
+    async def validate_and_sample(stream: Any) -> Any:
+        async for event in stream.events():
+            yield await handle_event(c, event.value, _position(event))
+
+    async def judge(stream: Any) -> Any:
+        async for event in stream.events():
+            yield len(await handle_sample(c, event.value, _position(event)))
+
+    async def aggregate_and_alert(stream: Any) -> Any:
+        async for events in stream.take_events(c.stream.aggregate_batch, within=c.stream.aggregate_within_s):
+            values, partitions = [e.value for e in events], [e.message.partition for e in events]
+            yield len(await handle_judgments(c, values, partitions))
+
+    loop.validate_agent = app.agent(topics["events"], name="evalloop.validate_and_sample")(
+        validate_and_sample
+    )
+    loop.judge_agent = app.agent(
+        topics["samples"], name="evalloop.judge", concurrency=c.stream.judge_concurrency
+    )(judge)
+    loop.aggregate_agent = app.agent(topics["judgments"], name="evalloop.aggregate_and_alert")(
+        aggregate_and_alert
+    )
+
+
+def _add_timer(loop: EvalloopApp) -> None:
+    c = loop.components
+
+    async def log_counters() -> None:
+        log.info("evalloop counters %s", c.metrics.snapshot())
+
+    loop.app.timer(c.stream.log_interval_s, name="evalloop.log_counters")(log_counters)

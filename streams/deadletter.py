@@ -1,0 +1,111 @@
+"""Dead-letter records: an input the loop could not use, why, and its original bytes.
+
+A dead letter keeps the payload byte-for-byte (base64) plus where it came from (topic, partition,
+offset), so an operator can fix the producer and re-publish the exact message. The loop never
+stops on a bad input: it writes one of these and moves on.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.base import SchemaError
+
+#: Why an input was set aside; one stable token per cause so dashboards can group by it.
+Reason = Literal[
+    "oversized",
+    "invalid_utf8",
+    "malformed_json",
+    "missing_field",
+    "absurd_timestamp",
+    "schema",
+    "late",
+]
+
+MAX_DETAIL_CHARS = 2000
+
+
+class SourcePosition(BaseModel):
+    """Where a message was read: enough to find it again in Kafka."""
+
+    model_config = ConfigDict(frozen=True)
+
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+
+
+class DeadLetter(BaseModel):
+    """One dead-lettered input, as published (JSON) to the dead-letter topic."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    reason: Reason
+    field: str = ""
+    detail: str = Field(default="", max_length=MAX_DETAIL_CHARS)
+    event_id: str | None = None
+    original_b64: str
+    original_bytes: int = Field(ge=0)
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    dead_lettered_at: datetime
+
+    def original(self) -> bytes:
+        """The payload exactly as it was received."""
+        return base64.b64decode(self.original_b64)
+
+    def to_bytes(self) -> bytes:
+        """The wire form (UTF-8 JSON)."""
+        return self.model_dump_json().encode("utf-8")
+
+
+def classify(error: SchemaError) -> Reason:
+    """Map a parse error to a stable reason token (the free text stays in ``detail``)."""
+    text = error.reason
+    if error.field == "<payload>":
+        return "invalid_utf8" if "UTF-8" in text else "oversized"
+    if "Invalid JSON" in text or "json_invalid" in text:
+        return "malformed_json"
+    if "Field required" in text:
+        return "missing_field"
+    if "outside [2000-01-01" in text:
+        return "absurd_timestamp"
+    return "schema"
+
+
+def dead_letter(
+    raw: bytes,
+    reason: Reason,
+    *,
+    field: str = "",
+    detail: str = "",
+    event_id: str | None = None,
+    source: SourcePosition | None = None,
+    now: datetime | None = None,
+) -> DeadLetter:
+    """Build a dead letter for ``raw``; ``now`` defaults to the current UTC time."""
+    position = source or SourcePosition()
+    return DeadLetter(
+        reason=reason,
+        field=field,
+        detail=detail[:MAX_DETAIL_CHARS],
+        event_id=event_id,
+        original_b64=base64.b64encode(raw).decode("ascii"),
+        original_bytes=len(raw),
+        topic=position.topic,
+        partition=position.partition,
+        offset=position.offset,
+        dead_lettered_at=now or datetime.now(UTC),
+    )
+
+
+def from_schema_error(
+    raw: bytes, error: SchemaError, source: SourcePosition | None = None, now: datetime | None = None
+) -> DeadLetter:
+    """A dead letter for an event that failed ``parse_event``."""
+    return dead_letter(raw, classify(error), field=error.field, detail=str(error), source=source, now=now)

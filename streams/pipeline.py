@@ -1,0 +1,427 @@
+"""Stage functions the Faust agents call: pure or behind small Protocols, so unit tests need no Kafka.
+
+validate → sample → to_requests (→ teacher) → aggregate → evaluate_alerts. Each function takes
+its collaborators (sampler, watermark, stores) as arguments; the agents in ``streams.app`` only
+move bytes between topics and call these.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.alerts import Alert, AlertExample
+from schemas.base import Identifier, SchemaError, ShortText, Timestamp
+from schemas.events import Item, RecommendationEvent, Sample, parse_event
+from schemas.judgments import Judgment
+from schemas.policy import AlertRule, Policy
+from streams.alerting import (
+    AlertState,
+    build_alert,
+    evaluate_rule,
+    example_of,
+    is_bad,
+    required_windows,
+    top_failure_modes,
+    transition,
+)
+from streams.deadletter import DeadLetter, SourcePosition, dead_letter, from_schema_error
+from streams.sampling import SampleDecision, Sampler
+from streams.watermark import Watermark
+from streams.windows import WindowAggregate, WindowStats
+
+#: Default lateness the watermark allows before windows count as closed (event time).
+DEFAULT_ALLOWED_LATENESS_S = 600.0
+#: Recent judgments kept per category to pick alert examples from.
+RECENT_PER_CATEGORY = 200
+
+
+# --------------------------------------------------------------------------- validate
+
+
+@dataclass(frozen=True)
+class Valid:
+    """An event that parsed and validated."""
+
+    event: RecommendationEvent
+
+
+def validate(
+    raw: bytes,
+    source: SourcePosition | None = None,
+    *,
+    watermark: WatermarkLike | None = None,
+    retention_s: float | None = None,
+    now: datetime | None = None,
+) -> Valid | DeadLetter:
+    """Parse ``raw``; a bad or too-late event becomes a DeadLetter naming the reason.
+
+    With a ``watermark``, an event older than ``watermark - retention_s`` is dead-lettered as
+    "late" (no window that could still alert holds it); a merely late one passes and, since the
+    watermark is a running maximum, does not move it.
+    """
+    try:
+        event = parse_event(raw)
+    except SchemaError as error:
+        return from_schema_error(raw, error, source, now)
+    if watermark is not None:
+        if is_expired(event.event_time, watermark, retention_s):
+            detail = f"event_time {event.event_time.isoformat()} is older than the window retention"
+            return dead_letter(
+                raw,
+                "late",
+                field="event_time",
+                detail=detail,
+                event_id=event.event_id,
+                source=source,
+                now=now,
+            )
+        observe(watermark, event.event_time, source.partition if source else None)
+    return Valid(event)
+
+
+def is_expired(event_time: datetime, watermark: WatermarkLike, retention_s: float | None) -> bool:
+    """True when ``event_time`` is before the watermark by more than the retention."""
+    mark = watermark.value
+    if mark is None or retention_s is None:
+        return False
+    return event_time < mark - timedelta(seconds=retention_s)
+
+
+class WatermarkLike(Protocol):
+    """What the stages need of a watermark (``Watermark`` or ``PartitionedWatermark``)."""
+
+    @property
+    def value(self) -> datetime | None: ...
+
+    def observe(self, event_time: datetime) -> None: ...
+
+
+def observe(watermark: WatermarkLike, event_time: datetime, partition: int | None) -> None:
+    """Advance ``watermark``; a ``PartitionedWatermark`` advances ``partition``'s own mark."""
+    if isinstance(watermark, PartitionedWatermark):
+        watermark.observe(event_time, partition or 0)
+    else:
+        watermark.observe(event_time)
+
+
+class PartitionedWatermark:
+    """The minimum of per-partition watermarks, so one fast partition cannot run ahead.
+
+    Partitions are consumed independently; with a single max-based watermark a partition drained
+    early (a replay at full speed) would push the watermark past another partition's data, which
+    would then expire as "late" and alerts would be evaluated only at the end. A partition that
+    has delivered nothing for ``idle_s`` wall seconds (or never did, ``idle_s`` after the first
+    observation) stops holding the watermark back: it may be idle or owned by another worker.
+    """
+
+    def __init__(
+        self,
+        allowed_lateness_s: float,
+        partitions: int = 1,
+        idle_s: float = 10.0,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self.allowed_lateness_s = allowed_lateness_s
+        self.partitions = partitions
+        self.idle_s = idle_s
+        self._clock = clock
+        self._marks: dict[int, Watermark] = {}
+        self._last_seen: dict[int, float] = {}
+        self._started: float | None = None
+
+    def observe(self, event_time: datetime, partition: int = 0) -> None:
+        """Advance ``partition``'s watermark."""
+        now = self._clock()
+        self._started = self._started if self._started is not None else now
+        self._marks.setdefault(partition, Watermark(self.allowed_lateness_s)).observe(event_time)
+        self._last_seen[partition] = now
+
+    @property
+    def value(self) -> datetime | None:
+        """Min over partitions still holding the watermark back; None while one is unknown."""
+        if self._started is None:
+            return None
+        now = self._clock()
+        values: list[datetime] = []
+        for partition in set(range(self.partitions)) | set(self._marks):
+            mark = self._marks.get(partition)
+            last = self._last_seen.get(partition, self._started)
+            if now - last >= self.idle_s:
+                continue  # idle, or never assigned here: do not wait for it
+            if mark is None or mark.value is None:
+                return None
+            values.append(mark.value)
+        if values:
+            return min(values)
+        known = [m.value for m in self._marks.values() if m.value is not None]
+        return max(known) if known else None
+
+
+# --------------------------------------------------------------------------- sample
+
+
+@dataclass(frozen=True)
+class SampleOutcome:
+    """The sampler's decision and, when sampled, the Sample to publish."""
+
+    decision: SampleDecision
+    sample: Sample | None
+
+
+def sample(event: RecommendationEvent, sampler: Sampler, now: float) -> SampleOutcome:
+    """Ask the sampler about ``event``; build the Sample (with its inclusion probability) if chosen."""
+    decision = sampler.decide(event, now)
+    if not decision.sampled:
+        return SampleOutcome(decision, None)
+    chosen = Sample(
+        event=event,
+        inclusion_probability=decision.inclusion_probability,
+        policy_version=sampler.policy.version,
+    )
+    return SampleOutcome(decision, chosen)
+
+
+# --------------------------------------------------------------------------- teacher requests
+
+
+class TeacherRequest(BaseModel):
+    """Wire form of one (request, item) pair for the teacher; the same JSON fields as
+    ``judges.base.JudgeRequest`` (streams does not import judges: the teacher is reached over Serve)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: Identifier
+    category: ShortText
+    event_time: Timestamp
+    query: Annotated[str, Field(min_length=1, max_length=4100)]
+    item: Item
+    inclusion_probability: float = Field(default=1.0, gt=0.0, le=1.0)
+
+
+def to_requests(chosen: Sample, max_items: int) -> list[TeacherRequest]:
+    """The pairs the teacher grades for a sample: its top ``max_items`` items by rank."""
+    event = chosen.event
+    items = sorted(event.items, key=lambda item: item.rank)[:max_items]
+    return [
+        TeacherRequest(
+            event_id=event.event_id,
+            category=event.category,
+            event_time=event.event_time,
+            query=event.request.intent_text(),
+            item=item,
+            inclusion_probability=chosen.inclusion_probability,
+        )
+        for item in items
+    ]
+
+
+# --------------------------------------------------------------------------- aggregate
+
+
+class WindowStoreLike(Protocol):
+    """What the aggregate stage needs of ``streams.window_store.WindowStore``."""
+
+    bucket_seconds: int
+
+    def apply(self, judgments: Sequence[Judgment]) -> int: ...
+
+    def read(self, category: str, window_s: int, end_epoch: float) -> WindowStats: ...
+
+    def categories(self) -> Iterable[str]: ...
+
+
+@dataclass(frozen=True)
+class AggregateResult:
+    """What one batch of judgments did to the windows."""
+
+    applied: int
+    duplicates: int
+    late: list[Judgment]
+    categories: frozenset[str]
+
+
+def aggregate(
+    judgments: Sequence[Judgment],
+    store: WindowStoreLike,
+    watermark: WatermarkLike,
+    retention_s: float | None,
+    partitions: Sequence[int] | None = None,
+) -> AggregateResult:
+    """Apply on-time judgments to the windows (idempotently) and advance the watermark.
+
+    Judgments older than the retention are returned as ``late`` (the caller dead-letters them).
+    ``partitions`` (one per judgment) feed a ``PartitionedWatermark``.
+    The expiry check uses the watermark from *before* this batch so a batch's own order does not
+    decide which of its members expire.
+    """
+    on_time = [j for j in judgments if not is_expired(j.event_time, watermark, retention_s)]
+    late = [j for j in judgments if is_expired(j.event_time, watermark, retention_s)]
+    applied = store.apply(on_time) if on_time else 0
+    sources: Sequence[int | None] = partitions if partitions is not None else [None] * len(judgments)
+    for judgment, partition in zip(judgments, sources, strict=True):
+        if not is_expired(judgment.event_time, watermark, retention_s):
+            observe(watermark, judgment.event_time, partition)
+    return AggregateResult(
+        applied=applied,
+        duplicates=len(on_time) - applied,
+        late=late,
+        categories=frozenset(j.category for j in on_time),
+    )
+
+
+class RecentExamples:
+    """The latest judgments per category, so alert payloads can show what went wrong."""
+
+    def __init__(self, per_category: int = RECENT_PER_CATEGORY) -> None:
+        self._per_category = per_category
+        self._by_category: dict[str, deque[Judgment]] = {}
+
+    def add(self, judgments: Iterable[Judgment]) -> None:
+        """Remember ``judgments`` (bounded per category; oldest dropped first)."""
+        for judgment in judgments:
+            kept = self._by_category.setdefault(judgment.category, deque(maxlen=self._per_category))
+            kept.append(judgment)
+
+    def examples(self, category: str, rule: AlertRule, limit: int = 5) -> list[AlertExample]:
+        """Up to ``limit`` of the newest judgments of ``category`` that count as bad for ``rule``."""
+        chosen: dict[str, Judgment] = {}
+        for judgment in reversed(self._by_category.get(category, ())):
+            if is_bad(judgment, rule) and judgment.judgment_id not in chosen:
+                chosen[judgment.judgment_id] = judgment
+                if len(chosen) >= limit:
+                    break
+        return [example_of(j) for j in chosen.values()]
+
+
+# --------------------------------------------------------------------------- alerts
+
+
+class AlertStateStoreLike(Protocol):
+    """What alert evaluation needs of ``streams.window_store.AlertStateStore``."""
+
+    def get(self, rule_id: str, category: str) -> AlertState: ...
+
+    def put(
+        self, rule_id: str, category: str, state: AlertState, expected_version: int
+    ) -> AlertState | None: ...
+
+
+def evaluate_alerts(
+    category: str,
+    policy: Policy,
+    store: WindowStoreLike,
+    states: AlertStateStoreLike,
+    at: datetime,
+    examples: RecentExamples | None = None,
+) -> list[Alert]:
+    """Evaluate every rule of ``category`` at event time ``at`` (the watermark).
+
+    State changes are stored with check-and-set; an Alert is returned only for a transition that
+    emits (firing or resolved) and that this worker won, so two workers never announce the same one.
+    """
+    alerts: list[Alert] = []
+    for rule in policy.rules_for(category):
+        stats = {w: store.read(category, w, at.timestamp()) for w in required_windows(rule)}
+        evaluation = evaluate_rule(rule, stats)
+        state = states.get(rule.id, category)
+        step = transition(state, evaluation, at, rule)
+        if step.new_state == state:
+            continue
+        stored = states.put(rule.id, category, step.new_state, state.version)
+        if stored is None or step.emit is None:
+            continue
+        modes = top_failure_modes(stats[max(stats)])
+        shown = examples.examples(category, rule) if examples is not None else []
+        alerts.append(build_alert(rule, category, stored, evaluation, modes, shown, policy.version, at))
+    return alerts
+
+
+@dataclass
+class MemoryAlertStateStore:
+    """An in-process AlertStateStoreLike for unit tests, with the same check-and-set."""
+
+    states: dict[tuple[str, str], AlertState] = field(default_factory=dict)
+
+    def get(self, rule_id: str, category: str) -> AlertState:
+        """The stored state, or the initial one."""
+        return self.states.get((rule_id, category), AlertState())
+
+    def put(self, rule_id: str, category: str, state: AlertState, expected_version: int) -> AlertState | None:
+        """Store as ``expected_version + 1`` if nobody else stored meanwhile."""
+        if self.get(rule_id, category).version != expected_version:
+            return None
+        stored = replace(state, version=expected_version + 1)
+        self.states[(rule_id, category)] = stored
+        return stored
+
+
+# --------------------------------------------------------------------------- in-memory fakes
+
+
+@dataclass
+class MemoryWindowStore:
+    """An in-process WindowStoreLike for unit tests: the same idempotency as the Redis store."""
+
+    bucket_seconds: int = 300
+    judgments: dict[str, Judgment] = field(default_factory=dict)
+
+    def apply(self, judgments: Sequence[Judgment]) -> int:
+        """Add unseen judgments; returns how many were new."""
+        new = 0
+        for judgment in judgments:
+            if judgment.judgment_id not in self.judgments:
+                self.judgments[judgment.judgment_id] = judgment
+                new += 1
+        return new
+
+    def read(self, category: str, window_s: int, end_epoch: float) -> WindowStats:
+        """Recompute the window from the stored judgments."""
+        window = WindowAggregate(window_s, end_epoch, self.bucket_seconds)
+        window.extend(j for j in self.judgments.values() if j.category == category)
+        return window.result()
+
+    def categories(self) -> list[str]:
+        """Categories with at least one judgment."""
+        return sorted({j.category for j in self.judgments.values()})
+
+
+#: At most this many evaluation points per batch (a day of 5-minute buckets).
+MAX_EVALUATION_POINTS = 288
+
+
+def evaluation_points(last: float | None, watermark: float, bucket_seconds: int) -> list[float]:
+    """Event times to evaluate rules at: every bucket boundary in ``(last, watermark]``.
+
+    Evaluating at boundaries, not at whatever the watermark is when a batch ends, makes alert
+    transitions independent of batching, so a replay at any speed fires and resolves at the same
+    event times as live. The first call evaluates only the latest boundary.
+    """
+    latest = watermark - watermark % bucket_seconds
+    if last is None:
+        return [latest]
+    first = last - last % bucket_seconds + bucket_seconds
+    points = [float(t) for t in range(int(first), int(latest) + 1, bucket_seconds)]
+    return points[-MAX_EVALUATION_POINTS:]
+
+
+def utc_from_epoch(epoch: float) -> datetime:
+    """Epoch seconds → aware UTC datetime."""
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def alert_bytes(alert: Alert) -> bytes:
+    """The alert's wire form (UTF-8 JSON)."""
+    return alert.model_dump_json().encode("utf-8")
+
+
+def policy_retention_s(policy: Policy) -> float:
+    """Longest window any rule reads: older judgments can no longer change an alert."""
+    longest = [w.long_seconds for rule in policy.alerts for w in rule.windows]
+    return float(max(longest, default=24 * 3600))

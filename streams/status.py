@@ -1,0 +1,153 @@
+"""`evalloop status`: what the Redis windows and alert states say, per category.
+
+Windows are read at the loop's event-time watermark (stored by the aggregate agent), not at wall
+time, so the status of a replayed day is meaningful. Shares are weighted by 1 / inclusion
+probability; bounds are Wilson intervals on Kish's effective sample size.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from schemas.policy import Policy
+from schemas.settings import Settings
+from streams.alerting import AlertState
+from streams.window_store import AlertStateStore, WindowStore
+from streams.windows import WindowStats, rate_from_counters, window_name
+
+_MAX_LUA = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]) return 1 end
+return 0
+"""
+SHARES = (("shown", "show"), ("related", "related"), ("filtered", "filter"))
+
+
+def redis_from_settings(settings: Settings) -> redis.Redis:
+    """A redis-py client for the configured Redis (ACL user, password, TLS CA)."""
+    password = settings.redis.password.get_secret_value() if settings.redis.password else None
+    tls = {"ssl_ca_certs": str(settings.redis.ssl_ca_certs)} if settings.redis.ssl_ca_certs else {}
+    return redis.Redis.from_url(
+        settings.redis.url,
+        username=settings.redis.username,
+        password=password,
+        socket_connect_timeout=5.0,
+        socket_timeout=10.0,
+        **tls,
+    )
+
+
+class LoopStateStore:
+    """Loop-wide state in Redis beside the windows: the aggregate stage's watermark."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.redis = client
+        self.key = f"{prefix}:loop:watermark"
+        self._max = client.register_script(_MAX_LUA)
+
+    def set_watermark(self, epoch: float) -> None:
+        """Store ``epoch`` unless a later watermark is already stored (several workers)."""
+        self._max(keys=[self.key], args=[repr(float(epoch))])
+
+    def get_watermark(self) -> float | None:
+        """The stored watermark (epoch seconds), or None before any judgment was aggregated."""
+        raw = self.redis.get(self.key)
+        return float(raw) if raw is not None else None
+
+
+def _share(stats: WindowStats, display: str) -> dict[str, float]:
+    weights = stats.counters.get(f"display_w:{display}", 0.0)
+    total = stats.weighted_samples
+    if total <= 0:
+        return {"share": 0.0, "lower": 0.0, "upper": 1.0}
+    # A display share is a "bad share" with one display counted as bad: reuse the weighted estimator.
+    estimate = rate_from_counters(
+        {
+            **stats.counters,
+            "display_w:filter": weights,
+            "display:filter": stats.counters.get(f"display:{display}", 0),
+        },
+        "filtered_share",
+        None,
+        0.95,
+    )
+    return {
+        "share": round(estimate.rate, 4),
+        "lower": round(estimate.lower, 4),
+        "upper": round(estimate.upper, 4),
+    }
+
+
+def category_status(
+    category: str, windows: WindowStore, states: AlertStateStore, policy: Policy, window_s: int, at: float
+) -> dict[str, Any]:
+    """One category's figures in the window ending at ``at``, plus each rule's alert state."""
+    stats = windows.read(category, window_s, at)
+    modes = sorted(stats.failure_modes().items(), key=lambda item: (-item[1], item[0]))[:5]
+    alerts: dict[str, str] = {}
+    for rule in policy.rules_for(category):
+        state: AlertState = states.get(rule.id, category)
+        alerts[rule.id] = state.state
+    return {
+        "window": window_name(window_s),
+        "judged": stats.samples,
+        "errors": stats.errors,
+        "weighted": round(stats.weighted_samples, 2),
+        **{name: _share(stats, display) for name, display in SHARES},
+        "top_failure_modes": [{"failure_mode": mode, "count": count} for mode, count in modes if count > 0],
+        "alerts": alerts,
+    }
+
+
+def collect(
+    settings: Settings, policy: Policy, client: redis.Redis, window_s: int, bucket_seconds: int = 300
+) -> dict[str, Any]:
+    """Every known category's status, keyed by category, at the stored watermark."""
+    prefix = settings.redis.key_prefix
+    windows = WindowStore(client, prefix, bucket_seconds=bucket_seconds)
+    states = AlertStateStore(client, prefix)
+    at = LoopStateStore(client, prefix).get_watermark()
+    if at is None:
+        return {}
+    return {
+        category: category_status(category, windows, states, policy, window_s, at)
+        for category in sorted(windows.categories())
+    }
+
+
+def render_table(report: dict[str, Any]) -> str:
+    """A fixed-width table of ``collect``'s report."""
+    if not report:
+        return "no judgments aggregated yet"
+    header = (
+        f"{'category':<30} {'judged':>6} {'err':>4} {'shown':>17} {'related':>17} {'filtered':>17}  alerts"
+    )
+    lines = [header, "-" * len(header)]
+    for category, row in report.items():
+        cells = [f"{row[n]['share']:.2f} [{row[n]['lower']:.2f},{row[n]['upper']:.2f}]" for n, _ in SHARES]
+        firing = [rule for rule, state in row["alerts"].items() if state in ("firing", "pending")]
+        modes = ", ".join(f"{m['failure_mode']}({m['count']})" for m in row["top_failure_modes"][:3])
+        lines.append(
+            f"{category[:30]:<30} {row['judged']:>6} {row['errors']:>4} "
+            + " ".join(f"{cell:>17}" for cell in cells)
+            + f"  {','.join(firing) or 'ok'}"
+        )
+        if modes:
+            lines.append(f"{'':<30} top failure modes: {modes}")
+    return "\n".join(lines)
+
+
+def render_json(report: dict[str, Any]) -> str:
+    """One JSON object keyed by category."""
+    return json.dumps(report, ensure_ascii=False, sort_keys=True)
+
+
+def known_windows(policy: Policy) -> Sequence[int]:
+    """Window lengths the policy's rules use, ascending."""
+    return sorted(
+        {s for rule in policy.alerts for w in rule.windows for s in (w.long_seconds, w.short_seconds)}
+    )

@@ -1,0 +1,279 @@
+"""The streams side of the teacher: an HTTP client of the Ray Serve app, hardened for a stream.
+
+Why HTTP and not ``ray.serve.get_app_handle``: the Faust worker then needs no Ray in its process
+(no multi-second import, no driver connection, no Ray version coupling), the teacher can run on any
+Serve cluster reachable over the network, and the contract is plain JSON that tests can fake. The
+price is ~3 ms per call on loopback versus a handle, which batching of up to ``max_batch`` pairs
+per call amortises.
+
+Robustness: a semaphore bounds in-flight calls (back-pressure on the judge agent), each call has a
+timeout, transient failures are retried with exponential backoff and jitter, and a circuit breaker
+opens after ``failure_threshold`` consecutive failures so an outage costs one fast failure per
+sample instead of ``retries × timeout``. The sampler consults the breaker (``Sampler.shed_while``)
+so events arriving during an outage are shed, not queued. Pairs that still fail become schema-valid
+*error judgments* (status "error"), which the windows count apart from quality.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal, Protocol
+
+import httpx
+from pydantic import ValidationError
+
+from schemas.judgments import Judgment, judgment_id_for
+from streams.pipeline import TeacherRequest
+
+log = logging.getLogger(__name__)
+
+UNAVAILABLE_TEACHER_VERSION = "unavailable"
+#: Serve answers 503 when replicas are saturated and 5xx for replica crashes: worth a retry.
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+BreakerState = Literal["closed", "open", "half_open"]
+
+
+class TeacherClient(Protocol):
+    """What the judge agent needs: one judgment per request, in order; never raises."""
+
+    async def judge(self, requests: Sequence[TeacherRequest]) -> list[Judgment]: ...
+
+
+class TeacherCallError(Exception):
+    """One failed call; ``retryable`` says whether trying again could help."""
+
+    def __init__(self, message: str, *, retryable: bool, teacher_fault: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        #: False for our own bad requests (HTTP 4xx): those say nothing about the teacher's health.
+        self.teacher_fault = teacher_fault
+
+
+def error_judgment_for(
+    request: TeacherRequest,
+    policy_version: str,
+    reason: str,
+    teacher_version: str = UNAVAILABLE_TEACHER_VERSION,
+    now: datetime | None = None,
+) -> Judgment:
+    """A schema-valid error judgment for a pair the teacher could not grade (never a guessed grade)."""
+    return Judgment(
+        judgment_id=judgment_id_for(request.event_id, request.item.item_id, policy_version, teacher_version),
+        event_id=request.event_id,
+        item_id=request.item.item_id,
+        category=request.category,
+        event_time=request.event_time,
+        query=request.query[:2000],
+        item_title=request.item.title,
+        item_rank=request.item.rank,
+        status="error",
+        error=(reason or "teacher unavailable")[:2000],
+        policy_version=policy_version,
+        teacher_version=teacher_version,
+        inclusion_probability=request.inclusion_probability,
+        judged_at=now or datetime.now(UTC),
+    )
+
+
+class CircuitBreaker:
+    """Closed → open after ``failure_threshold`` consecutive failures → half-open after
+    ``cooldown_s`` (one probe call) → closed on its success, open again on its failure."""
+
+    def __init__(
+        self,
+        failure_threshold: int = 5,
+        cooldown_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if failure_threshold < 1 or cooldown_s <= 0:
+            raise ValueError("failure_threshold must be >= 1 and cooldown_s > 0")
+        self.failure_threshold = failure_threshold
+        self.cooldown_s = cooldown_s
+        self._clock = clock
+        self._state: BreakerState = "closed"
+        self._failures = 0
+        self._opened_at = 0.0
+        self._probe_in_flight = False
+        self.opens = 0
+
+    @property
+    def state(self) -> BreakerState:
+        """The current state; an open breaker whose cool-down passed reads as half-open."""
+        if self._state == "open" and self._clock() - self._opened_at >= self.cooldown_s:
+            self._state = "half_open"
+            self._probe_in_flight = False
+        return self._state
+
+    @property
+    def is_open(self) -> bool:
+        """True while calls fail fast; False once half-open, so new samples can carry the probe."""
+        return self.state == "open"
+
+    def allow(self) -> bool:
+        """May a call go out now? In half-open, only the single probe may."""
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "half_open" and not self._probe_in_flight:
+            self._probe_in_flight = True
+            return True
+        return False
+
+    def record_success(self) -> None:
+        """A call succeeded: close."""
+        self._state = "closed"
+        self._failures = 0
+        self._probe_in_flight = False
+
+    def record_failure(self) -> None:
+        """A call failed: count it, and open at the threshold (or at once when probing)."""
+        self._failures += 1
+        if self._state == "half_open" or self._failures >= self.failure_threshold:
+            if self._state != "open":
+                self.opens += 1
+                log.warning("teacher circuit open after %d consecutive failures", self._failures)
+            self._state = "open"
+            self._opened_at = self._clock()
+            self._probe_in_flight = False
+
+
+@dataclass
+class ClientCounters:
+    """Process-local call statistics of the teacher client."""
+
+    calls: int = 0
+    retries: int = 0
+    failed_calls: int = 0
+    rejected_by_breaker: int = 0
+
+
+class ServeTeacherClient:
+    """Calls the teacher's Serve HTTP route: ``POST {"requests": [...]}`` → ``{"judgments": [...]}``."""
+
+    def __init__(
+        self,
+        url: str,
+        policy_version: str,
+        *,
+        max_concurrency: int = 8,
+        timeout_s: float = 30.0,
+        retries: int = 3,
+        backoff_s: float = 0.2,
+        max_backoff_s: float = 5.0,
+        max_batch: int = 64,
+        breaker: CircuitBreaker | None = None,
+        http: httpx.AsyncClient | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.url = url
+        self.policy_version = policy_version
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.max_batch = max_batch
+        self.breaker = breaker or CircuitBreaker()
+        self.counters = ClientCounters()
+        self._semaphore = asyncio.Semaphore(max_concurrency)
+        self._http = http or httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)))
+        self._sleep = sleep
+
+    async def aclose(self) -> None:
+        """Close the HTTP connection pool."""
+        await self._http.aclose()
+
+    async def judge(self, requests: Sequence[TeacherRequest]) -> list[Judgment]:
+        """One judgment per request, in order; failures after retries become error judgments."""
+        judgments: list[Judgment] = []
+        for start in range(0, len(requests), self.max_batch):
+            judgments.extend(await self._judge_batch(requests[start : start + self.max_batch]))
+        return judgments
+
+    async def _judge_batch(self, batch: Sequence[TeacherRequest]) -> list[Judgment]:
+        try:
+            return await self._call_with_retries(batch)
+        except TeacherCallError as error:
+            return [
+                error_judgment_for(r, self.policy_version, f"teacher call failed: {error}") for r in batch
+            ]
+
+    async def _call_with_retries(self, batch: Sequence[TeacherRequest]) -> list[Judgment]:
+        attempt = 0
+        while True:
+            if not self.breaker.allow():
+                self.counters.rejected_by_breaker += 1
+                raise TeacherCallError("circuit open", retryable=False)
+            try:
+                async with self._semaphore:
+                    self.counters.calls += 1
+                    judgments = await asyncio.wait_for(self._post(batch), self.timeout_s)
+            except (TeacherCallError, TimeoutError) as error:
+                failure = (
+                    error
+                    if isinstance(error, TeacherCallError)
+                    else TeacherCallError("timeout", retryable=True)
+                )
+                self.counters.failed_calls += 1
+                if failure.teacher_fault:
+                    self.breaker.record_failure()
+                else:
+                    self.breaker.record_success()
+                if not failure.retryable or attempt >= self.retries:
+                    raise failure from None
+                attempt += 1
+                self.counters.retries += 1
+                await self._sleep(self._backoff(attempt))
+                continue
+            self.breaker.record_success()
+            return judgments
+
+    def _backoff(self, attempt: int) -> float:
+        # Full jitter keeps many agents from retrying in lockstep after a shared outage.
+        ceiling = min(self.max_backoff_s, self.backoff_s * (2 ** (attempt - 1)))
+        return float(ceiling * (0.5 + random.random() / 2))
+
+    async def _post(self, batch: Sequence[TeacherRequest]) -> list[Judgment]:
+        body = {"requests": [r.model_dump(mode="json") for r in batch]}
+        try:
+            response = await self._http.post(self.url, json=body)
+        except httpx.HTTPError as error:
+            raise TeacherCallError(f"{type(error).__name__}: {error}", retryable=True) from None
+        if response.status_code != 200:
+            status = response.status_code
+            retryable = status in RETRYABLE_STATUS
+            raise TeacherCallError(
+                f"HTTP {status}: {response.text[:200]}",
+                retryable=retryable,
+                teacher_fault=retryable or status >= 500,
+            )
+        return parse_response(response.content, batch)
+
+
+def parse_response(content: bytes, batch: Sequence[TeacherRequest]) -> list[Judgment]:
+    """Validate the teacher's answer: one schema-valid judgment per request, same pairs, same order."""
+    try:
+        raw = json.loads(content)["judgments"]
+        judgments = [Judgment.model_validate(item, strict=False) for item in raw]
+    except (ValueError, KeyError, TypeError, ValidationError) as error:
+        raise TeacherCallError(f"bad teacher response: {str(error)[:200]}", retryable=False) from None
+    if len(judgments) != len(batch):
+        raise TeacherCallError(
+            f"teacher answered {len(judgments)} judgments for {len(batch)} requests", retryable=False
+        )
+    for request, judgment in zip(batch, judgments, strict=True):
+        if (judgment.event_id, judgment.item_id) != (request.event_id, request.item.item_id):
+            raise TeacherCallError("teacher answered judgments out of order", retryable=False)
+    return judgments
+
+
+def serve_url(host: str, port: int, route_prefix: str = "/teacher") -> str:
+    """The teacher's HTTP endpoint on the Serve proxy."""
+    return f"http://{host}:{port}{route_prefix}"
