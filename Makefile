@@ -20,8 +20,8 @@ down: ## Stop the local services (and a Ray left under .evalloop/ray)
 status: ## Show whether each local service is up
 	@$(PY) -m infra.local status
 
-run: up ## Start the services and run the loop (for now: show the services' status)
-	@$(PY) -m infra.local status
+run: up ## The main job: the whole loop on the bundled data, degradation injected, alert fires and resolves
+	@$(PY) -m evalloop.cli demo
 
 test: setup ## All tests (unit + integration) against freshly started services; stops them afterwards
 	@rc=0; \
