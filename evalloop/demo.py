@@ -92,8 +92,9 @@ class AlertFeed:
         try:
             while not self.stop.is_set():
                 message = consumer.poll(0.5)
-                if message is not None and not message.error() and message.value():
-                    alert = Alert.model_validate_json(message.value())
+                value = message.value() if message is not None and not message.error() else None
+                if value:
+                    alert = Alert.model_validate_json(value)
                     self.alerts.append(alert)
                     print(describe_alert(alert), flush=True)
         finally:
@@ -317,7 +318,10 @@ def _drive(config: DemoConfig, settings: Settings, feed: AlertFeed, run_id: str)
     )
     replay_done = threading.Event()
     _replay_thread(config, settings, replay_done)
-    tick = lambda: print(_status_line(status.report(), status.watermark()), flush=True)  # noqa: E731
+
+    def tick() -> None:
+        print(_status_line(status.report(), status.watermark()), flush=True)
+
     finished = wait_until(
         settled(status, replay_done, config.settle_s), config.timeout_s, config.status_every_s, tick
     )

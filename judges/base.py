@@ -73,7 +73,9 @@ def _now() -> datetime:
 
 def _common_fields(request: JudgeRequest, policy: Policy, teacher_version: str) -> dict[str, object]:
     return {
-        "judgment_id": judgment_id_for(request.event_id, request.item.item_id, policy.version, teacher_version),
+        "judgment_id": judgment_id_for(
+            request.event_id, request.item.item_id, policy.version, teacher_version
+        ),
         "event_id": request.event_id,
         "item_id": request.item.item_id,
         "category": request.category,

@@ -63,7 +63,9 @@ class RecommendationEvent(StrictModel):
     items: Annotated[list[Item], Field(min_length=1, max_length=MAX_ITEMS_PER_EVENT)]
     model_version: Identifier
     #: Human labels by item id when the stream carries them (replayed, labelled data); checking only.
-    reference_labels: Annotated[dict[Identifier, ShortText], Field(max_length=MAX_ITEMS_PER_EVENT)] | None = None
+    reference_labels: Annotated[dict[Identifier, ShortText], Field(max_length=MAX_ITEMS_PER_EVENT)] | None = (
+        None
+    )
 
     @field_validator("items")
     @classmethod

@@ -28,7 +28,10 @@ SCHEMA_DIR = Path(__file__).parent / "json"
 
 def render(model: type[BaseModel]) -> str:
     """The JSON Schema of ``model`` as stable, pretty-printed text."""
-    return json.dumps(model.model_json_schema(mode="validation"), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    return (
+        json.dumps(model.model_json_schema(mode="validation"), indent=2, sort_keys=True, ensure_ascii=False)
+        + "\n"
+    )
 
 
 def expected_files() -> dict[Path, str]:

@@ -6,6 +6,7 @@ once, including rules that contradict each other, and raises PolicyError naming 
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -126,9 +127,13 @@ class AlertRule(_PolicyModel):
     def _windows_ordered(self) -> AlertRule:
         for window in self.windows:
             if window.short_seconds >= window.long_seconds:
-                raise ValueError(f"short window {window.short} must be shorter than long window {window.long}")
+                raise ValueError(
+                    f"short window {window.short} must be shorter than long window {window.long}"
+                )
             if self.threshold * window.factor >= 1.0:
-                raise ValueError(f"threshold × factor = {self.threshold * window.factor:.3f} can never be exceeded")
+                raise ValueError(
+                    f"threshold × factor = {self.threshold * window.factor:.3f} can never be exceeded"
+                )
         if (self.signal == "failure_mode_share") != (self.failure_mode is not None):
             raise ValueError("failure_mode is required with signal failure_mode_share, and only with it")
         return self
@@ -209,7 +214,7 @@ class Policy(_PolicyModel):
         if grades != list(range(grades[0], grades[-1] + 1)):
             raise ValueError(f"grades must be contiguous, got {grades}")
         by_grade = sorted(levels, key=lambda level: level.grade)
-        for lower, higher in zip(by_grade, by_grade[1:], strict=False):
+        for lower, higher in itertools.pairwise(by_grade):
             if DISPLAY_ORDER[higher.display] < DISPLAY_ORDER[lower.display]:
                 raise ValueError(
                     f"grade {higher.grade} displays as {higher.display!r} but lower grade "

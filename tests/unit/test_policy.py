@@ -38,6 +38,7 @@ def _set(path: str, value: Any) -> Any:
         for part in parents:
             node = node[int(part)] if part.isdigit() else node[part]
         node[int(last) if last.isdigit() else last] = value
+
     return change
 
 

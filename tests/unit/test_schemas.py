@@ -111,8 +111,15 @@ def _judgment(**overrides: Any) -> Judgment:
 def test_judgment_id_is_deterministic_and_sensitive_to_each_part() -> None:
     base = judgment_id_for("e", "i", "p", "t")
     assert base == judgment_id_for("e", "i", "p", "t")
-    variants = {judgment_id_for(*parts) for parts in [("e2", "i", "p", "t"), ("e", "i2", "p", "t"),
-                                                      ("e", "i", "p2", "t"), ("e", "i", "p", "t2")]}
+    variants = {
+        judgment_id_for(*parts)
+        for parts in [
+            ("e2", "i", "p", "t"),
+            ("e", "i2", "p", "t"),
+            ("e", "i", "p2", "t"),
+            ("e", "i", "p", "t2"),
+        ]
+    }
     assert base not in variants and len(variants) == 4
 
 
@@ -135,13 +142,18 @@ def test_judgment_consistency(overrides: dict[str, Any], message: str) -> None:
 
 
 def test_error_judgment_and_weight() -> None:
-    judgment = _judgment(status="error", grade=None, display=None, error="HTTP 503", inclusion_probability=0.25)
+    judgment = _judgment(
+        status="error", grade=None, display=None, error="HTTP 503", inclusion_probability=0.25
+    )
     assert judgment.weight == 4.0
 
 
 def test_exported_json_schemas_are_fresh() -> None:
-    stale = [str(path) for path, text in expected_files().items()
-             if not path.exists() or path.read_text(encoding="utf-8") != text]
+    stale = [
+        str(path)
+        for path, text in expected_files().items()
+        if not path.exists() or path.read_text(encoding="utf-8") != text
+    ]
     assert not stale, f"JSON schemas are stale, run `make schemas`: {stale}"
 
 
