@@ -14,6 +14,7 @@ from schemas.policy import PolicyError, load_policy, parse_duration, parse_polic
 
 POLICY_FILE = Path("policies/product-search.yaml")
 BASE: dict[str, Any] = yaml.safe_load(POLICY_FILE.read_text(encoding="utf-8"))
+WRONG_TYPE = [rule["id"] for rule in BASE["alerts"]].index("wrong-type-ticket")
 
 
 def _mutate(change: Any) -> dict[str, Any]:
@@ -28,7 +29,13 @@ def test_shipped_policy_loads() -> None:
     assert [policy.display_for(g) for g in policy.grades] == ["filter", "filter", "related", "show", "show"]
     assert policy.sample_rate("Kitchen & Dining") == 1.0
     assert policy.sample_rate("Unknown Category") == policy.sampling.default_rate
-    assert {rule.id for rule in policy.rules_for("Décor & Art")} == {r["id"] for r in BASE["alerts"]}
+    assert {rule.id for rule in policy.rules_for("Décor & Art")} == {
+        "filtered-share-burn",
+        "wrong-type-ticket",
+        "teacher-errors",
+    }
+    assert "filtered-share-burn-hardware" in {r.id for r in policy.rules_for("Home Improvement & Lighting")}
+    assert "filtered-share-burn" not in {r.id for r in policy.rules_for("Home Improvement & Lighting")}
 
 
 def _set(path: str, value: Any) -> Any:
@@ -60,7 +67,7 @@ def _set(path: str, value: Any) -> Any:
         (_set("alerts.0.windows.0.factor", 3.0), "alerts.0", "can never be exceeded"),
         (_set("alerts.0.min_samples", 0), "alerts.0.min_samples", "greater than or equal to 1"),
         (_set("alerts.0.severity", "sms"), "alerts.0.severity", "'page' or 'ticket'"),
-        (_set("alerts.1.failure_mode", "made_up"), "", "unknown failure_mode"),
+        (_set(f"alerts.{WRONG_TYPE}.failure_mode", "made_up"), "", "unknown failure_mode"),
         (_set("alerts.0.failure_mode", "wrong_product_type"), "alerts.0", "only with it"),
         (_set("alerts.0.categories", ["Nowhere"]), "", "unknown category"),
         (_set("alerts.1.id", "filtered-share-burn"), "", "duplicate rule ids"),
