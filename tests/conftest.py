@@ -102,3 +102,29 @@ def fresh_topic(kafka_admin: AdminClient, request: pytest.FixtureRequest) -> Ite
     _wait_for_topic(kafka_admin, name, present=True)
     yield name
     kafka_admin.delete_topics([name], operation_timeout=30)[name].result(timeout=30)
+
+
+# --------------------------------------------------------------------------- figures in the summary
+
+_FIGURES: list[tuple[str, dict[str, object]]] = []
+
+
+@pytest.fixture
+def report_figures() -> object:
+    """Record figures a test measured (counts, rates); pytest prints them in its final summary,
+    so reliability and fuzzing runs show what they tried even when everything passes."""
+
+    def record(name: str, figures: dict[str, object]) -> None:
+        _FIGURES.append((name, dict(figures)))
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print every recorded figure set under one heading."""
+    if not _FIGURES:
+        return
+    terminalreporter.section("evalloop figures")
+    for name, figures in _FIGURES:
+        cells = ", ".join(f"{key}={value}" for key, value in figures.items())
+        terminalreporter.write_line(f"{name}: {cells}")
