@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -99,10 +100,31 @@ def parse_event(raw: bytes) -> RecommendationEvent:
     if len(raw) > MAX_EVENT_BYTES:
         raise SchemaError("<payload>", f"event is {len(raw)} bytes, over the {MAX_EVENT_BYTES}-byte limit")
     try:
-        raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise SchemaError("<payload>", f"invalid UTF-8 at byte {error.start}") from None
+    _reject_duplicate_keys(text)
     try:
         return RecommendationEvent.model_validate_json(raw)
     except ValidationError as error:
         raise describe_validation_error(error) from None
+
+
+def _pairs_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        duplicated = sorted({key for key in keys if keys.count(key) > 1})
+        raise SchemaError(duplicated[0], f"key {duplicated[0]!r} appears twice in one JSON object")
+    return dict(pairs)
+
+
+def _reject_duplicate_keys(text: str) -> None:
+    """Duplicate keys are valid JSON but ambiguous (parsers disagree on which wins): refuse them.
+
+    pydantic's parser silently keeps the last one, so this one extra stdlib parse checks first;
+    malformed JSON is left for pydantic to report with its position.
+    """
+    try:
+        json.loads(text, object_pairs_hook=_pairs_without_duplicates)
+    except (json.JSONDecodeError, RecursionError):
+        return  # pydantic reports these, with the position / its own depth limit

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -214,6 +215,9 @@ class HttpxWebhookSender:
 
     def __init__(self, client: httpx.Client) -> None:
         self.client = client
+        # httpx logs every request URL at INFO, and a webhook URL is a secret (Slack's carries its
+        # token): keep httpx's own logger at WARNING wherever webhooks are sent.
+        logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger("httpx").level))
 
     def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> SendResponse:
         try:

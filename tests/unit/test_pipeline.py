@@ -53,14 +53,14 @@ def _variant(**changes: Any) -> bytes:
 @pytest.mark.parametrize(
     ("raw", "reason", "field"),
     [
-        (b'{"event_id": "x", ', "malformed_json", ""),
+        (b'{"event_id": "x", ', "malformed_json", "<root>"),
         (b"\xff\xfe{}", "invalid_utf8", "<payload>"),
         (b'{"x": "' + b"a" * 300_000 + b'"}', "oversized", "<payload>"),
         (_variant(event_id=None), "missing_field", "event_id"),
         (_variant(event_time="1970-01-01T00:00:00Z"), "absurd_timestamp", "event_time"),
         (_variant(event_time="2999-01-01T00:00:00Z"), "absurd_timestamp", "event_time"),
         (_variant(items=[]), "schema", "items"),
-        (b"[1, 2]", "schema", ""),
+        (b"[1, 2]", "schema", "<root>"),
     ],
 )
 def test_validate_dead_letters_with_the_right_reason(raw: bytes, reason: str, field: str) -> None:

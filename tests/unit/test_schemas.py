@@ -62,6 +62,8 @@ def test_good_event_parses() -> None:
         (_with("event_time", "2024-06-01T10:00:00"), "event_time", "timezone"),
         (_with("event_time", "3024-06-01T10:00:00Z"), "event_time", "outside"),
         (_with("event_time", "1970-01-01T00:00:00Z"), "event_time", "outside"),
+        (_with("event_time", "1717236000"), "event_time", "not epoch text"),
+        (_with("event_time", 1717236000), "event_time", "valid datetime"),
         (_with("items", []), "items", "at least 1"),
         (_with("items.0.rank", 0), "items.0.rank", "greater than or equal to 1"),
         (_with("items.0.rank", "1"), "items.0.rank", "valid integer"),

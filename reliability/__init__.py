@@ -1,0 +1,1 @@
+"""Reliability and security checks that are run as scripts (``python -m reliability.<name>``)."""
