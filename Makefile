@@ -43,7 +43,7 @@ typecheck: ## mypy --strict on the packages listed in [tool.mypy] (pyproject.tom
 schemas: ## Export the JSON schemas (schemas/export.py)
 	@$(PY) -m schemas.export
 
-bench: ## Run the benchmarks (python -m bench)
+bench: up ## Run every benchmark (python -m bench): tables on stdout, JSON under bench/results/
 	@$(PY) -m bench
 
 clean: ## Stop the services and delete the state dir (.evalloop: jars, data, logs)
