@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import faust
 from opentelemetry.sdk.metrics import MeterProvider
@@ -150,10 +150,26 @@ def broker_credentials(kafka: KafkaSettings) -> Any:
     return faust.SSLCredentials(context)
 
 
+#: Header on each judgment naming the samples-topic partition it came from (see Components).
+SOURCE_PARTITION_HEADER = "evalloop-source-partition"
+
+
+class OutRecord(NamedTuple):
+    """One record to publish; ``partition`` None lets the key choose it."""
+
+    key: bytes | None
+    value: bytes
+    partition: int | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+Records = Sequence[OutRecord | tuple[bytes | None, bytes]]
+
+
 class Outputs(Protocol):
     """Where agents publish: ``send`` returns once the records are acknowledged."""
 
-    async def send(self, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None: ...
+    async def send(self, topic: str, records: Sequence[OutRecord]) -> None: ...
 
 
 class WatermarkSink(Protocol):
@@ -185,7 +201,14 @@ class Components:
         lateness, idle = self.stream.allowed_lateness_s, self.stream.partition_idle_s
         topics = self.settings.topics
         self.event_watermark = pipeline.PartitionedWatermark(lateness, topics.events.partitions, idle)
-        self.judgment_watermark = pipeline.PartitionedWatermark(lateness, topics.judgments.partitions, idle)
+        # Judgments arrive on category-keyed partitions that mix every sample partition, and the
+        # judge stage drains sample partitions at different speeds (hours of event time apart at
+        # max replay speed). Each sample partition is in event-time order, so the watermark is
+        # tracked per *source* sample partition (a header on each judgment) and is the minimum.
+        self.judgment_watermark = pipeline.PartitionedWatermark(lateness, topics.samples.partitions, idle)
+        # A judgment is only dropped once its buckets may have expired: a judgment that arrives
+        # after its boundary was evaluated still counts in the windows (and is counted as such).
+        self.judgment_retention_s = float(self.stream.window_ttl_s)
         self.examples = pipeline.RecentExamples()
         #: Event time (epoch) of the last alert evaluation: rules run at each bucket boundary.
         self.last_evaluated: float | None = None
@@ -195,12 +218,13 @@ class Components:
         """Stage name (``events``, ``samples``, ...) → the configured Kafka topic name."""
         return {name: spec.name for name, spec in zip(STAGE_TOPICS, self.settings.topics.all(), strict=True)}
 
-    async def publish(self, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
+    async def publish(self, topic: str, records: Records) -> None:
         """Send to the named stage topic (``events``, ``samples``, ...)."""
         if records:
             if self.outputs is None:
                 raise RuntimeError("no outputs wired: create the app with create_app()")
-            await self.outputs.send(self.topic_names[topic], records)
+            out = [r if isinstance(r, OutRecord) else OutRecord(*r) for r in records]
+            await self.outputs.send(self.topic_names[topic], out)
 
 
 # --------------------------------------------------------------------------- stage handlers
@@ -224,7 +248,11 @@ async def handle_event(c: Components, raw: bytes, source: SourcePosition | None)
         return chosen.decision.reason
     c.metrics.add("sampled", category=category)
     key = outcome.event.event_id.encode()
-    await c.publish("samples", [(key, chosen.sample.model_dump_json().encode())])
+    # Same partition number as the event's, so each sample partition keeps its event partition's
+    # event-time order (the aggregate stage's watermark relies on it).
+    same_layout = c.settings.topics.samples.partitions == c.settings.topics.events.partitions
+    partition = source.partition if source is not None and same_layout else None
+    await c.publish("samples", [OutRecord(key, chosen.sample.model_dump_json().encode(), partition)])
     return "sampled"
 
 
@@ -241,7 +269,8 @@ async def handle_sample(c: Components, raw: bytes, source: SourcePosition | None
     judgments = await c.teacher.judge(requests)
     for judgment in judgments:
         c.metrics.add("judged_ok" if judgment.status == "ok" else "judged_error", category=judgment.category)
-    records = [(j.category.encode(), j.model_dump_json().encode()) for j in judgments]
+    headers = ((SOURCE_PARTITION_HEADER, str(source.partition).encode()),) if source is not None else ()
+    records = [OutRecord(j.category.encode(), j.model_dump_json().encode(), None, headers) for j in judgments]
     await c.publish("judgments", records)
     return judgments
 
@@ -267,8 +296,11 @@ async def handle_judgments(
     """Stage 3 for a batch: apply to the windows, then evaluate every category at the watermark."""
     judgments, bad, parts = _parse_judgments(raws, partitions or [0] * len(raws))
     letters = [dead_letter(raw, "schema", detail=f"bad judgment: {why}") for raw, why in bad]
+    if c.last_evaluated is not None:
+        behind = sum(1 for j in judgments if j.event_time.timestamp() < c.last_evaluated)
+        c.metrics.add("judgments_after_evaluation", behind)
     result = await asyncio.to_thread(
-        pipeline.aggregate, judgments, c.windows, c.judgment_watermark, c.retention_s, parts
+        pipeline.aggregate, judgments, c.windows, c.judgment_watermark, c.judgment_retention_s, parts
     )
     letters += [dead_letter(j.model_dump_json().encode(), "late", field="event_time") for j in result.late]
     c.metrics.add("windows_applied", result.applied)
@@ -325,10 +357,28 @@ class FaustOutputs:
     def __init__(self, topics: dict[str, Any]) -> None:
         self._topics = topics
 
-    async def send(self, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
+    async def send(self, topic: str, records: Sequence[OutRecord]) -> None:
         target = self._topics[topic]
-        pending = [await target.send(key=key, value=value) for key, value in records]
+        pending = [
+            await target.send(
+                key=r.key, value=r.value, partition=r.partition, headers=list(r.headers) or None
+            )
+            for r in records
+        ]
         await asyncio.gather(*pending)
+
+
+def source_partition(event: Any) -> int:
+    """The sample partition a judgment came from (its header), else the message's own partition."""
+    headers = event.message.headers or []
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    for name, value in pairs:
+        if name == SOURCE_PARTITION_HEADER:
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                break
+    return int(event.message.partition)
 
 
 def _position(event: Any) -> SourcePosition:
@@ -413,7 +463,7 @@ def _add_agents(loop: EvalloopApp) -> None:
 
     async def aggregate_and_alert(stream: Any) -> Any:
         async for events in stream.take_events(c.stream.aggregate_batch, within=c.stream.aggregate_within_s):
-            values, partitions = [e.value for e in events], [e.message.partition for e in events]
+            values, partitions = [e.value for e in events], [source_partition(e) for e in events]
             yield len(await handle_judgments(c, values, partitions))
 
     loop.validate_agent = app.agent(topics["events"], name="evalloop.validate_and_sample")(
