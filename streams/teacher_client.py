@@ -30,6 +30,7 @@ import httpx
 from pydantic import ValidationError
 
 from schemas.judgments import Judgment, judgment_id_for
+from schemas.policy import Policy
 from streams.pipeline import TeacherRequest
 
 log = logging.getLogger(__name__)
@@ -172,9 +173,12 @@ class ServeTeacherClient:
         breaker: CircuitBreaker | None = None,
         http: httpx.AsyncClient | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        policy: Policy | None = None,
     ) -> None:
         self.url = url
         self.policy_version = policy_version
+        #: When given, ok judgments are checked against it (see ``off_policy_reason``).
+        self.policy = policy
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
@@ -199,11 +203,20 @@ class ServeTeacherClient:
 
     async def _judge_batch(self, batch: Sequence[TeacherRequest]) -> list[Judgment]:
         try:
-            return await self._call_with_retries(batch)
+            judgments = await self._call_with_retries(batch)
         except TeacherCallError as error:
             return [
                 error_judgment_for(r, self.policy_version, f"teacher call failed: {error}") for r in batch
             ]
+        return [self._on_policy(r, j) for r, j in zip(batch, judgments, strict=True)]
+
+    def _on_policy(self, request: TeacherRequest, judgment: Judgment) -> Judgment:
+        # A schema-valid judgment can still be off-policy (grade 7 on a 0-4 scale, an unknown
+        # failure mode): counting it as quality would corrupt the windows, so it becomes an error.
+        reason = off_policy_reason(self.policy, judgment) if self.policy is not None else None
+        if reason is None:
+            return judgment
+        return error_judgment_for(request, self.policy_version, f"off-policy teacher verdict: {reason}")
 
     async def _call_with_retries(self, batch: Sequence[TeacherRequest]) -> list[Judgment]:
         attempt = 0
@@ -272,6 +285,23 @@ def parse_response(content: bytes, batch: Sequence[TeacherRequest]) -> list[Judg
         if (judgment.event_id, judgment.item_id) != (request.event_id, request.item.item_id):
             raise TeacherCallError("teacher answered judgments out of order", retryable=False)
     return judgments
+
+
+def off_policy_reason(policy: Policy, judgment: Judgment) -> str | None:
+    """Why an ok judgment does not fit ``policy`` (grade off the scale, display not the grade's,
+    unknown failure mode, empty rationale), or None when it fits; error judgments always fit."""
+    if judgment.status != "ok" or judgment.grade is None:
+        return None
+    if judgment.grade not in policy.grades:
+        return f"grade {judgment.grade} is not on the policy scale {policy.grades}"
+    if judgment.display != policy.display_for(judgment.grade):
+        return f"display {judgment.display!r} is not the policy's for grade {judgment.grade}"
+    unknown = sorted(set(judgment.failure_modes) - set(policy.failure_mode_ids()))
+    if unknown:
+        return f"unknown failure modes {unknown}"
+    if not judgment.rationale.strip():
+        return "empty rationale"
+    return None
 
 
 def serve_url(host: str, port: int, route_prefix: str = "/teacher") -> str:

@@ -62,6 +62,7 @@ def build(policy_path: Path | None = None) -> Any:
         retries=stream.teacher_retries,
         max_batch=stream.teacher_max_batch,
         breaker=breaker,
+        policy=policy,
     )
     webhooks = load_webhooks(stream.webhooks_file)
     components = Components(
