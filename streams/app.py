@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from functools import partial
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import faust
 from opentelemetry.sdk.metrics import MeterProvider
@@ -55,8 +56,10 @@ COUNTER_NAMES = (
     "windows_applied",
     "duplicates_ignored",
     "judgments_late",
+    "judgments_after_evaluation",
     "alerts_emitted",
     "webhook_failures",
+    "stage_retries",
 )
 
 
@@ -450,21 +453,49 @@ def create_app(components: Components, *, faust_app: Any = None) -> EvalloopApp:
     return loop
 
 
+T = TypeVar("T")
+#: Longest pause between retries of a failing stage (Redis or Kafka away).
+MAX_RETRY_PAUSE_S = 30.0
+
+
+async def until_done(c: Components, stage: str, step: Callable[[], Awaitable[T]]) -> T:
+    """Run ``step`` until it succeeds, backing off, so a failing dependency stalls the stage.
+
+    A Faust agent that raises is restarted past the records it held, which loses them; every
+    stage is idempotent downstream (deterministic judgment ids, seen-markers, check-and-set alert
+    state), so retrying the same records is safe, and stalling is the at-least-once choice.
+    """
+    pause = 0.5
+    while True:
+        try:
+            return await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            c.metrics.add("stage_retries", stage=stage)
+            log.exception("stage %s failed; retrying in %.1fs", stage, pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, MAX_RETRY_PAUSE_S)
+
+
 def _add_agents(loop: EvalloopApp) -> None:
     app, topics, c = loop.app, loop.topics, loop.components
 
     async def validate_and_sample(stream: Any) -> Any:
         async for event in stream.events():
-            yield await handle_event(c, event.value, _position(event))
+            raw, source = event.value, _position(event)
+            yield await until_done(c, "validate", partial(handle_event, c, raw, source))
 
     async def judge(stream: Any) -> Any:
         async for event in stream.events():
-            yield len(await handle_sample(c, event.value, _position(event)))
+            raw, source = event.value, _position(event)
+            yield len(await until_done(c, "judge", partial(handle_sample, c, raw, source)))
 
     async def aggregate_and_alert(stream: Any) -> Any:
         async for events in stream.take_events(c.stream.aggregate_batch, within=c.stream.aggregate_within_s):
             values, partitions = [e.value for e in events], [source_partition(e) for e in events]
-            yield len(await handle_judgments(c, values, partitions))
+            alerts = await until_done(c, "aggregate", partial(handle_judgments, c, values, partitions))
+            yield len(alerts)
 
     loop.validate_agent = app.agent(topics["events"], name="evalloop.validate_and_sample")(
         validate_and_sample

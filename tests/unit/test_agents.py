@@ -274,3 +274,15 @@ async def test_a_slow_source_partition_holds_the_watermark_and_loses_nothing(
     assert not outputs.sent.get(components.topic_names["dead_letters"])
     watermark = components.judgment_watermark.value
     assert watermark is not None and watermark <= early[-1].event_time
+
+
+def test_every_counter_the_stages_add_is_registered() -> None:
+    """An unregistered counter name raises inside an agent and crashes it: check them all."""
+    import re
+
+    from streams.app import COUNTER_NAMES
+
+    source = (ROOT / "streams" / "app.py").read_text(encoding="utf-8")
+    used = set(re.findall(r'metrics\.add\(\s*"([a-z_]+)"', source))
+    used |= {"shed", "not_sampled", "judged_ok", "judged_error", "events_late", "events_invalid"}
+    assert used <= set(COUNTER_NAMES), used - set(COUNTER_NAMES)
