@@ -76,6 +76,8 @@ class StreamSettings(BaseSettings):
     #: Older than watermark − retention → dead letter "late"; None: the policy's longest window.
     retention_s: float | None = Field(default=None, gt=0.0)
     bucket_seconds: int = Field(default=300, ge=1)
+    #: Events dated further ahead of the wall clock than this are dead-lettered ("future").
+    max_future_s: float = Field(default=3600.0, gt=0.0)
     window_ttl_s: int = Field(default=2 * 86400, ge=60)
     judge_concurrency: int = Field(default=4, ge=1, le=256)
     teacher_url: str | None = None
@@ -236,7 +238,13 @@ class Components:
 async def handle_event(c: Components, raw: bytes, source: SourcePosition | None) -> str:
     """Stage 1 for one event; returns what happened (for tests and logs)."""
     c.metrics.add("events_seen")
-    outcome = pipeline.validate(raw, source, watermark=c.event_watermark, retention_s=c.retention_s)
+    outcome = pipeline.validate(
+        raw,
+        source,
+        watermark=c.event_watermark,
+        retention_s=c.retention_s,
+        max_future_s=c.stream.max_future_s,
+    )
     if isinstance(outcome, DeadLetter):
         c.metrics.add("events_late" if outcome.reason == "late" else "events_invalid", reason=outcome.reason)
         await c.publish("dead_letters", [(None, outcome.to_bytes())])

@@ -24,6 +24,7 @@ Reason = Literal[
     "absurd_timestamp",
     "schema",
     "late",
+    "future",
 ]
 
 MAX_DETAIL_CHARS = 2000

@@ -59,6 +59,7 @@ def validate(
     watermark: WatermarkLike | None = None,
     retention_s: float | None = None,
     now: datetime | None = None,
+    max_future_s: float | None = None,
 ) -> Valid | DeadLetter:
     """Parse ``raw``; a bad or too-late event becomes a DeadLetter naming the reason.
 
@@ -70,6 +71,13 @@ def validate(
         event = parse_event(raw)
     except SchemaError as error:
         return from_schema_error(raw, error, source, now)
+    if max_future_s is not None and _too_far_ahead(event.event_time, now, max_future_s):
+        # One event from a clock that is years ahead would drag the watermark with it and make
+        # every real event "late" from then on: refuse it before it is observed.
+        detail = f"event_time {event.event_time.isoformat()} is more than {max_future_s:.0f}s ahead of now"
+        return dead_letter(
+            raw, "future", field="event_time", detail=detail, event_id=event.event_id, source=source, now=now
+        )
     if watermark is not None:
         if is_expired(event.event_time, watermark, retention_s):
             detail = f"event_time {event.event_time.isoformat()} is older than the window retention"
@@ -84,6 +92,11 @@ def validate(
             )
         observe(watermark, event.event_time, source.partition if source else None)
     return Valid(event)
+
+
+def _too_far_ahead(event_time: datetime, now: datetime | None, max_future_s: float) -> bool:
+    wall = now or datetime.now(UTC)
+    return (event_time - wall).total_seconds() > max_future_s
 
 
 def is_expired(event_time: datetime, watermark: WatermarkLike, retention_s: float | None) -> bool:

@@ -51,9 +51,13 @@ class TeacherClient(Protocol):
 class TeacherCallError(Exception):
     """One failed call; ``retryable`` says whether trying again could help."""
 
-    def __init__(self, message: str, *, retryable: bool, teacher_fault: bool = True) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool, teacher_fault: bool = True, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
+        #: The server's Retry-After (429/503), honoured as the minimum pause before the next try.
+        self.retry_after_s = retry_after_s
         #: False for our own bad requests (HTTP 4xx): those say nothing about the teacher's health.
         self.teacher_fault = teacher_fault
 
@@ -243,7 +247,9 @@ class ServeTeacherClient:
                     raise failure from None
                 attempt += 1
                 self.counters.retries += 1
-                await self._sleep(self._backoff(attempt))
+                await self._sleep(
+                    max(self._backoff(attempt), min(failure.retry_after_s or 0.0, MAX_RETRY_AFTER_S))
+                )
                 continue
             self.breaker.record_success()
             return judgments
@@ -266,8 +272,22 @@ class ServeTeacherClient:
                 f"HTTP {status}: {response.text[:200]}",
                 retryable=retryable,
                 teacher_fault=retryable or status >= 500,
+                retry_after_s=parse_retry_after(response.headers.get("retry-after")),
             )
         return parse_response(response.content, batch)
+
+
+#: A server asking for a longer pause than this is treated as down (the breaker takes over).
+MAX_RETRY_AFTER_S = 60.0
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (the delta-seconds form; an HTTP date is ignored), or None."""
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 <= seconds < float("inf") else None
 
 
 def parse_response(content: bytes, batch: Sequence[TeacherRequest]) -> list[Judgment]:

@@ -296,3 +296,60 @@ def test_paced_replay_sleeps_by_event_time_over_speed() -> None:
     list(paced(records, 60.0, clock=lambda: clock["t"], sleep=sleep))
     gaps = [(b.event_time - a.event_time).total_seconds() / 60 for a, b in itertools.pairwise(records)]
     assert slept == pytest.approx(gaps)
+
+
+async def test_client_honours_retry_after(policy: Policy) -> None:
+    requests = _requests(policy)
+    pauses: list[float] = []
+    calls = {"n": 0}
+
+    async def record_sleep(seconds: float) -> None:
+        pauses.append(seconds)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return httpx.Response(429, headers={"Retry-After": "2"}, text="slow down")
+        judged = [error_judgment_for(r, "pv", "graded elsewhere") for r in requests]
+        return httpx.Response(200, json={"judgments": [json.loads(j.model_dump_json()) for j in judged]})
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    client = ServeTeacherClient("http://teacher/teacher", "pv", http=http, sleep=record_sleep, retries=2)
+    assert len(await client.judge(requests)) == 2
+    assert len(pauses) == 1 and pauses[0] >= 2.0
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("2", 2.0),
+        ("0.5", 0.5),
+        (None, None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", None),
+        ("-1", None),
+        ("inf", None),
+    ],
+)
+def test_parse_retry_after(header: str | None, seconds: float | None) -> None:
+    from streams.teacher_client import parse_retry_after
+
+    assert parse_retry_after(header) == seconds
+
+
+def test_far_future_event_is_dead_lettered_and_does_not_poison_the_watermark() -> None:
+    from datetime import UTC, datetime
+
+    from streams.pipeline import PartitionedWatermark
+
+    now = datetime(2024, 6, 1, 12, tzinfo=UTC)
+    watermark = PartitionedWatermark(60, 1)
+    future = json.loads(GOOD)
+    future["event_time"] = "2099-01-01T00:00:00Z"
+    letter = validate(
+        json.dumps(future).encode(), watermark=watermark, retention_s=86400, now=now, max_future_s=3600
+    )
+    assert isinstance(letter, DeadLetter) and letter.reason == "future" and letter.field == "event_time"
+    assert watermark.value is None
+    assert isinstance(
+        validate(GOOD, watermark=watermark, retention_s=86400, now=now, max_future_s=3600), Valid
+    )
