@@ -3,7 +3,7 @@ PY := .venv/bin/python
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up down status run test test-unit lint typecheck schemas bench clean
+.PHONY: help setup up down status run test test-unit lint typecheck schemas bench reliability clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,6 +45,13 @@ schemas: ## Export the JSON schemas (schemas/export.py)
 
 bench: up ## Run every benchmark (python -m bench): tables on stdout, JSON under bench/results/
 	@$(PY) -m bench
+
+reliability: up ## The crash, restart, fault, fuzz and soak checks as scripts that print their figures
+	@$(PY) -m reliability.crash --kills 10
+	@$(PY) -m reliability.restarts
+	@$(PY) -m reliability.faults
+	@$(PY) -m reliability.live_fuzz --count 2000
+	@$(PY) -m reliability.soak --rate 50 --seconds 120
 
 clean: ## Stop the services and delete the state dir (.evalloop: jars, data, logs)
 	@if [ -x $(PY) ]; then $(PY) -m infra.local down; fi
