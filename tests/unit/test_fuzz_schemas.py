@@ -240,7 +240,7 @@ def json_type(value: Any) -> str:
 def allowed_types(path: str) -> set[str]:
     """The JSON types the schema accepts at ``path`` (dotted, list indices as numbers)."""
     for pattern, types in ALLOWED_TYPES:
-        if re.fullmatch(pattern, path):
+        if re.fullmatch(pattern, path, re.DOTALL):  # attribute keys may hold newlines
             return types
     raise AssertionError(f"no type rule for {path}")
 
