@@ -9,44 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from schemas.base import Identifier, ShortText, Timestamp
-from schemas.events import Item, Sample
+from schemas.events import JudgeRequest, requests_from_sample
 from schemas.judgments import MAX_RATIONALE_CHARS, Judgment, judgment_id_for
 from schemas.policy import Policy
 
-
-class JudgeRequest(BaseModel):
-    """One (request, item) pair to grade, with what the judgment must carry back."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    event_id: Identifier
-    category: ShortText
-    event_time: Timestamp
-    query: Annotated[str, Field(min_length=1, max_length=4100)]
-    item: Item
-    inclusion_probability: float = Field(default=1.0, gt=0.0, le=1.0)
-
-
-def requests_from_sample(sample: Sample, max_items: int) -> list[JudgeRequest]:
-    """The pairs of a sampled event the teacher grades: its top ``max_items`` items by rank."""
-    event = sample.event
-    items = sorted(event.items, key=lambda item: item.rank)[:max_items]
-    return [
-        JudgeRequest(
-            event_id=event.event_id,
-            category=event.category,
-            event_time=event.event_time,
-            query=event.request.intent_text(),
-            item=item,
-            inclusion_probability=sample.inclusion_probability,
-        )
-        for item in items
-    ]
+__all__ = [
+    "JudgeRequest",
+    "Teacher",
+    "VerdictError",
+    "check_verdict",
+    "error_judgment",
+    "ok_judgment",
+    "requests_from_sample",
+]
 
 
 @runtime_checkable

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from schemas.base import (
     Attributes,
@@ -89,6 +89,41 @@ class Sample(StrictModel):
     event: RecommendationEvent
     inclusion_probability: float = Field(gt=0.0, le=1.0)
     policy_version: Identifier
+
+
+class JudgeRequest(StrictModel):
+    """One (request, item) pair for the teacher, with what its judgment must carry back.
+
+    The wire form between the streams and the Ray Serve teacher; both sides import it from here.
+    Lax (not strict) like any model read from HTTP JSON by ``model_validate``; the nested item
+    stays strict.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: Identifier
+    category: ShortText
+    event_time: Timestamp
+    query: Annotated[str, Field(min_length=1, max_length=4100)]
+    item: Item
+    inclusion_probability: float = Field(default=1.0, gt=0.0, le=1.0)
+
+
+def requests_from_sample(sample: Sample, max_items: int) -> list[JudgeRequest]:
+    """The pairs of a sampled event the teacher grades: its top ``max_items`` items by rank."""
+    event = sample.event
+    items = sorted(event.items, key=lambda item: item.rank)[:max_items]
+    return [
+        JudgeRequest(
+            event_id=event.event_id,
+            category=event.category,
+            event_time=event.event_time,
+            query=event.request.intent_text(),
+            item=item,
+            inclusion_probability=sample.inclusion_probability,
+        )
+        for item in items
+    ]
 
 
 def parse_event(raw: bytes) -> RecommendationEvent:

@@ -12,13 +12,14 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from schemas.alerts import Alert
-from schemas.events import RecommendationEvent, Sample
+from schemas.events import JudgeRequest, RecommendationEvent, Sample
 from schemas.judgments import Judgment
 from schemas.policy import Policy
 
 EXPORTED: dict[str, type[BaseModel]] = {
     "recommendation_event": RecommendationEvent,
     "sample": Sample,
+    "judge_request": JudgeRequest,
     "judgment": Judgment,
     "alert": Alert,
     "policy": Policy,

@@ -12,13 +12,11 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Protocol
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any, Protocol
 
 from schemas.alerts import Alert, AlertExample
-from schemas.base import Identifier, SchemaError, ShortText, Timestamp
-from schemas.events import Item, RecommendationEvent, Sample, parse_event
+from schemas.base import SchemaError
+from schemas.events import JudgeRequest, RecommendationEvent, Sample, parse_event, requests_from_sample
 from schemas.judgments import Judgment
 from schemas.policy import AlertRule, Policy
 from streams.alerting import (
@@ -204,35 +202,10 @@ def sample(event: RecommendationEvent, sampler: Sampler, now: float) -> SampleOu
 # --------------------------------------------------------------------------- teacher requests
 
 
-class TeacherRequest(BaseModel):
-    """Wire form of one (request, item) pair for the teacher; the same JSON fields as
-    ``judges.base.JudgeRequest`` (streams does not import judges: the teacher is reached over Serve)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    event_id: Identifier
-    category: ShortText
-    event_time: Timestamp
-    query: Annotated[str, Field(min_length=1, max_length=4100)]
-    item: Item
-    inclusion_probability: float = Field(default=1.0, gt=0.0, le=1.0)
-
-
-def to_requests(chosen: Sample, max_items: int) -> list[TeacherRequest]:
-    """The pairs the teacher grades for a sample: its top ``max_items`` items by rank."""
-    event = chosen.event
-    items = sorted(event.items, key=lambda item: item.rank)[:max_items]
-    return [
-        TeacherRequest(
-            event_id=event.event_id,
-            category=event.category,
-            event_time=event.event_time,
-            query=event.request.intent_text(),
-            item=item,
-            inclusion_probability=chosen.inclusion_probability,
-        )
-        for item in items
-    ]
+#: The teacher's wire form and how a sample becomes requests live in ``schemas`` (shared with
+#: the Serve side, which streams must not import); the streams' names for them:
+TeacherRequest = JudgeRequest
+to_requests = requests_from_sample
 
 
 # --------------------------------------------------------------------------- aggregate

@@ -71,9 +71,10 @@ def _key(judgment: Judgment) -> dict[str, Any]:
     return {name: getattr(judgment, name) for name in COMPARED}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def serve_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """Local Ray (2 CPUs) and Serve on a free loopback port; shut down at session end."""
+    """Local Ray (2 CPUs) and Serve on a free loopback port, shut down when this module ends so
+    other modules that deploy their own teacher under /teacher find the route free."""
     from workers.runtime import shutdown, start_local_ray, start_serve
 
     serve = with_replicas(ServeSettings(num_cpus=0.5, batch_wait_timeout_s=0.005), 2)
@@ -100,7 +101,7 @@ def _deploy(settings: Settings, backend: str) -> Any:
     return deploy(settings, POLICY_PATH, backend=backend)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def noop_handle(serve_settings: Settings) -> Any:
     """The noop teacher app, deployed once (each ``serve.run`` rolls the replicas: ~5-8 s here)."""
     return _deploy(serve_settings, "noop")
