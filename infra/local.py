@@ -41,6 +41,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from schemas.settings import Settings, TopicSpec, load_settings
+from streams.status import redis_from_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KAFKA_INFRA = REPO_ROOT / "infra" / "kafka"
@@ -545,17 +546,8 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
 
 
 def redis_client(settings: Settings) -> redis.Redis:
-    """A redis-py client for the configured URL and credentials (short timeouts)."""
-    password = settings.redis.password.get_secret_value() if settings.redis.password else None
-    tls = {"ssl_ca_certs": str(settings.redis.ssl_ca_certs)} if settings.redis.ssl_ca_certs else {}
-    return redis.Redis.from_url(
-        settings.redis.url,
-        username=settings.redis.username,
-        password=password,
-        socket_connect_timeout=1.0,
-        socket_timeout=2.0,
-        **tls,
-    )
+    """A redis-py client for the configured URL and credentials (short timeouts: health checks)."""
+    return redis_from_settings(settings, connect_timeout_s=1.0, timeout_s=2.0)
 
 
 def redis_healthy(settings: Settings) -> bool:

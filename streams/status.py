@@ -27,7 +27,9 @@ return 0
 SHARES = (("shown", "show"), ("related", "related"), ("filtered", "filter"))
 
 
-def redis_from_settings(settings: Settings) -> redis.Redis:
+def redis_from_settings(
+    settings: Settings, connect_timeout_s: float = 5.0, timeout_s: float = 10.0
+) -> redis.Redis:
     """A redis-py client for the configured Redis (ACL user, password, TLS CA)."""
     password = settings.redis.password.get_secret_value() if settings.redis.password else None
     tls = {"ssl_ca_certs": str(settings.redis.ssl_ca_certs)} if settings.redis.ssl_ca_certs else {}
@@ -35,8 +37,8 @@ def redis_from_settings(settings: Settings) -> redis.Redis:
         settings.redis.url,
         username=settings.redis.username,
         password=password,
-        socket_connect_timeout=5.0,
-        socket_timeout=10.0,
+        socket_connect_timeout=connect_timeout_s,
+        socket_timeout=timeout_s,
         **tls,
     )
 
