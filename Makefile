@@ -3,7 +3,7 @@ PY := .venv/bin/python
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up down status run test test-unit lint typecheck schemas bench reliability clean
+.PHONY: help setup up down status run run-isolated test test-isolated test-unit lint typecheck schemas bench reliability clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -30,6 +30,12 @@ test: setup ## All tests (unit + integration) against freshly started services; 
 	if ! $(PY) -m infra.local down; then echo "make test: stopping the services failed" >&2; [ $$rc -ne 0 ] || rc=1; fi; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): that is a failure" >&2; fi; \
 	exit $$rc
+
+run-isolated: setup ## `make run` inside a loopback-only network namespace (Ray's ports reach nothing else)
+	@infra/isolated.sh $(MAKE) --no-print-directory run
+
+test-isolated: setup ## `make test` inside a loopback-only network namespace
+	@infra/isolated.sh $(MAKE) --no-print-directory test
 
 test-unit: ## Unit tests only (no services needed)
 	@$(PY) -m pytest -ra tests/unit $(PYTEST_ARGS)
