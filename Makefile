@@ -31,10 +31,17 @@ test: setup ## All tests (unit + integration) against freshly started services; 
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): that is a failure" >&2; fi; \
 	exit $$rc
 
-run-isolated: setup ## `make run` inside a loopback-only network namespace (Ray's ports reach nothing else)
-	@infra/isolated.sh $(MAKE) --no-print-directory run
+# The isolated targets share .evalloop/ (pid files, Kafka data) with the host's services, so they
+# refuse to start while those run, and always stop what they started inside the namespace.
+HOST_SERVICES_DOWN = @if $(PY) -m infra.local status | grep -qE '^(kafka|redis): up'; then \
+	echo "stop the host's services first (make down): the isolated run shares .evalloop/" >&2; exit 1; fi
 
-test-isolated: setup ## `make test` inside a loopback-only network namespace
+run-isolated: setup ## `make run` inside a loopback-only network namespace (Ray's ports reach nothing else)
+	$(HOST_SERVICES_DOWN)
+	@infra/isolated.sh bash -c '$(MAKE) --no-print-directory run; rc=$$?; $(MAKE) --no-print-directory down; exit $$rc'
+
+test-isolated: setup ## `make test` inside a loopback-only network namespace (stops its services after)
+	$(HOST_SERVICES_DOWN)
 	@infra/isolated.sh $(MAKE) --no-print-directory test
 
 test-unit: ## Unit tests only (no services needed)
