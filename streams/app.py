@@ -23,17 +23,22 @@ from functools import partial
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 import faust
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import ValidationError
 
 from schemas.alerts import Alert
 from schemas.events import Sample
 from schemas.judgments import Judgment
 from schemas.policy import Policy
-from schemas.settings import KafkaSettings, Settings
+from schemas.settings import Settings
 from streams import pipeline
+from streams.config import (
+    COUNTER_NAMES,
+    LoopMetrics,
+    StreamSettings,
+    broker_credentials,
+    broker_urls,
+    faust_config,
+)
 from streams.deadletter import DeadLetter, SourcePosition, dead_letter
 from streams.notify import RetryPolicy, WebhookSender, WebhookTarget, deliver
 from streams.sampling import Sampler
@@ -41,119 +46,33 @@ from streams.teacher_client import CircuitBreaker, TeacherClient
 
 log = logging.getLogger(__name__)
 
+# Settings, metrics and the Faust config live in streams.config; re-exported here for callers.
+__all__ = [
+    "COUNTER_NAMES",
+    "MAX_RETRY_PAUSE_S",
+    "SOURCE_PARTITION_HEADER",
+    "STAGE_TOPICS",
+    "Components",
+    "EvalloopApp",
+    "FaustOutputs",
+    "LoopMetrics",
+    "OutRecord",
+    "Outputs",
+    "Records",
+    "StreamSettings",
+    "WatermarkSink",
+    "broker_credentials",
+    "broker_urls",
+    "create_app",
+    "faust_config",
+    "handle_event",
+    "handle_judgments",
+    "handle_sample",
+    "source_partition",
+    "until_done",
+]
+
 STAGE_TOPICS = ("events", "samples", "judgments", "alerts", "dead_letters")
-#: Counters of the loop (OpenTelemetry ``evalloop.<name>``); attributes add category/reason.
-COUNTER_NAMES = (
-    "events_seen",
-    "events_invalid",
-    "events_late",
-    "sampled",
-    "not_sampled",
-    "shed",
-    "samples_invalid",
-    "judged_ok",
-    "judged_error",
-    "windows_applied",
-    "duplicates_ignored",
-    "judgments_late",
-    "judgments_after_evaluation",
-    "alerts_emitted",
-    "webhook_failures",
-    "stage_retries",
-)
-
-
-class StreamSettings(BaseSettings):
-    """Knobs of the streaming worker (``EVALLOOP_STREAM_*``); everything else is in ``Settings``."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="EVALLOOP_STREAM_", env_file=".env", extra="ignore", frozen=True
-    )
-
-    app_id: str = Field(default="evalloop", pattern=r"^[A-Za-z0-9._-]+$")
-    #: Event-time lateness the watermark allows; windows are evaluated at max event time − this.
-    allowed_lateness_s: float = Field(default=600.0, ge=0.0)
-    #: Older than watermark − retention → dead letter "late"; None: the policy's longest window.
-    retention_s: float | None = Field(default=None, gt=0.0)
-    bucket_seconds: int = Field(default=300, ge=1)
-    #: Events dated further ahead of the wall clock than this are dead-lettered ("future").
-    max_future_s: float = Field(default=3600.0, gt=0.0)
-    window_ttl_s: int = Field(default=2 * 86400, ge=60)
-    judge_concurrency: int = Field(default=4, ge=1, le=256)
-    teacher_url: str | None = None
-    teacher_timeout_s: float = Field(default=30.0, gt=0.0)
-    teacher_retries: int = Field(default=3, ge=0, le=20)
-    teacher_max_concurrency: int = Field(default=8, ge=1, le=1024)
-    teacher_max_batch: int = Field(default=64, ge=1, le=1000)
-    breaker_failures: int = Field(default=5, ge=1)
-    breaker_cooldown_s: float = Field(default=10.0, gt=0.0)
-    aggregate_batch: int = Field(default=500, ge=1)
-    aggregate_within_s: float = Field(default=0.5, gt=0.0)
-    #: JSON or YAML list of ``streams.notify.WebhookTarget`` objects.
-    webhooks_file: str | None = None
-    log_interval_s: float = Field(default=30.0, gt=0.0)
-    #: A partition silent this long (wall seconds) stops holding the event-time watermark back.
-    partition_idle_s: float = Field(default=10.0, gt=0.0)
-    broker_session_timeout_s: float = 10.0
-    broker_heartbeat_interval_s: float = 1.0
-    broker_rebalance_timeout_s: float = 10.0
-    broker_request_timeout_s: float = 20.0
-    commit_interval_s: float = 1.0
-
-
-class LoopMetrics:
-    """The loop's counters: OpenTelemetry (in-memory reader unless a provider is given) plus a
-    plain process-local tally for logs and tests."""
-
-    def __init__(self, provider: MeterProvider | None = None) -> None:
-        self.reader: InMemoryMetricReader | None = None
-        if provider is None:
-            self.reader = InMemoryMetricReader()
-            provider = MeterProvider(metric_readers=[self.reader])
-        meter = provider.get_meter("evalloop.streams")
-        self._counters = {name: meter.create_counter(f"evalloop.{name}") for name in COUNTER_NAMES}
-        self._tally: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
-
-    def add(self, name: str, amount: int = 1, **attributes: str) -> None:
-        """Count ``amount`` under ``name`` (attributes go to OpenTelemetry only)."""
-        if amount:
-            self._tally[name] += amount
-            self._counters[name].add(amount, attributes=attributes)
-
-    def snapshot(self) -> dict[str, int]:
-        """Totals since start."""
-        return dict(self._tally)
-
-
-def broker_urls(bootstrap_servers: str) -> list[str]:
-    """``"h1:9092,h2:9092"`` → ``["kafka://h1:9092", "kafka://h2:9092"]`` (Faust's aiokafka transport)."""
-    hosts = [part.strip() for part in bootstrap_servers.split(",") if part.strip()]
-    return [host if "://" in host else f"kafka://{host}" for host in hosts]
-
-
-def broker_credentials(kafka: KafkaSettings) -> Any:
-    """Map the Kafka security settings onto Faust credentials (None for PLAINTEXT)."""
-    protocol = kafka.security_protocol
-    if protocol == "PLAINTEXT":
-        return None
-    import ssl
-
-    context = None
-    if protocol.endswith("SSL"):
-        context = ssl.create_default_context(cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)
-        if kafka.ssl_certfile:
-            password = kafka.ssl_key_password.get_secret_value() if kafka.ssl_key_password else None
-            keyfile = str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None
-            context.load_cert_chain(str(kafka.ssl_certfile), keyfile=keyfile, password=password)
-    if protocol.startswith("SASL_"):
-        return faust.SASLCredentials(
-            username=kafka.sasl_username,
-            password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
-            ssl_context=context,
-            mechanism=kafka.sasl_mechanism,
-        )
-    return faust.SSLCredentials(context)
-
 
 #: Header on each judgment naming the samples-topic partition it came from (see Components).
 SOURCE_PARTITION_HEADER = "evalloop-source-partition"
@@ -407,33 +326,6 @@ class EvalloopApp:
     validate_agent: Any = None
     judge_agent: Any = None
     aggregate_agent: Any = None
-
-
-def faust_config(settings: Settings, stream: StreamSettings) -> dict[str, Any]:
-    """Faust App keyword arguments from the settings (see docs/streaming.md for the why of each)."""
-    config: dict[str, Any] = {
-        "broker": broker_urls(settings.kafka.bootstrap_servers),
-        "store": "memory://",
-        "topic_partitions": settings.topics.events.partitions,
-        "topic_allow_declare": False,
-        "topic_disable_leader": True,
-        "web_enabled": False,
-        "autodiscover": False,
-        "consumer_auto_offset_reset": "earliest",
-        "broker_client_id": settings.kafka.client_id,
-        # Short timeouts: first message in ~4 s instead of ~30 s (see /work/shared/notes/stack.md).
-        "broker_session_timeout": stream.broker_session_timeout_s,
-        "broker_heartbeat_interval": stream.broker_heartbeat_interval_s,
-        "broker_rebalance_timeout": stream.broker_rebalance_timeout_s,
-        "broker_request_timeout": stream.broker_request_timeout_s,
-        "broker_commit_interval": stream.commit_interval_s,
-        "producer_acks": -1,
-        "logging_config": None,
-    }
-    credentials = broker_credentials(settings.kafka)
-    if credentials is not None:
-        config["broker_credentials"] = credentials
-    return config
 
 
 def create_app(components: Components, *, faust_app: Any = None) -> EvalloopApp:
