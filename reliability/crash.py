@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from reliability import harness
-from reliability.harness import LoopRun, Worker, log
+from reliability.live import LoopRun, Worker, log
+from reliability.live_io import TopicReader
 from schemas.policy import load_policy
 from schemas.settings import Settings, load_settings
 
@@ -125,7 +126,7 @@ def run_chaos(
     return done
 
 
-def check_run(run: LoopRun, lines: list[bytes], reader: harness.TopicReader) -> dict[str, Any]:
+def check_run(run: LoopRun, lines: list[bytes], reader: TopicReader) -> dict[str, Any]:
     """Judgments, windows and alerts of the drained run against what they should be."""
     from streams.rebuild import read_topic
 
@@ -190,7 +191,7 @@ def _drive(config: CrashConfig, run: LoopRun, rng: random.Random, workdir: Path)
     worker = Worker(run, workdir / "logs")
     worker.start()
     job = harness.start_replay(harness.write_lines(workdir / "events.jsonl", lines), run.settings, speed)
-    reader = harness.TopicReader(run.settings, run.settings.topics.judgments.name)
+    reader = TopicReader(run.settings, run.settings.topics.judgments.name)
     app = run.settings.ray.app_name
     try:
         actions = run_chaos(config, rng, worker, lambda: kill_replica(app, rng))

@@ -16,8 +16,9 @@ The worker runs as a subprocess on run-specific topics, consumer group and Redis
 4. **windows**: every error judgment is in the Redis windows' ``err`` counters, every ok one in
    ``n``: errors are counted apart from quality.
 
-This module also holds the live-loop harness (``LiveRun``, ``TopicTail``, ``EventFactory``, lag and
-counter readers) that ``reliability.live_fuzz`` and ``reliability.soak`` reuse.
+The live-loop harness (``LiveRun``, ``TopicTail``, ``EventFactory``, lag and counter readers) that
+this suite shares with ``reliability.live_fuzz`` and ``reliability.soak`` is in ``reliability.live``
+and ``reliability.live_io``.
 
     python -m reliability.faults [--json]
 """
@@ -25,365 +26,39 @@ counter readers) that ``reliability.live_fuzz`` and ``reliability.soak`` reuse.
 from __future__ import annotations
 
 import argparse
-import ast
-import contextlib
-import copy
 import itertools
 import json
-import os
-import signal
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import redis
-import yaml
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
-
 from reliability.fault_teacher import MODES, FaultTeacherServer, Mode
+from reliability.live import (
+    ITEMS_PER_EVENT,
+    EventFactory,
+    LiveRun,
+    expected_items,
+    live_run,
+    wait_until,
+    write_policy,
+)
+from reliability.live_io import (
+    TopicTail,
+    breaker_opens,
+    end_offsets,
+    group_lag,
+    judgments_of,
+    make_producer,
+    produce,
+    window_totals,
+    worker_counters,
+)
 from schemas.judgments import Judgment
 from schemas.policy import Policy, load_policy
-from schemas.settings import Settings, load_settings
-from streams.status import redis_from_settings
-from streams.window_store import WindowStore
-
-ROOT = Path(__file__).resolve().parents[1]
-EVENTS_FILE = ROOT / "data" / "wands" / "events.jsonl"
-STAGES = ("events", "samples", "judgments", "alerts", "dead_letters")
-PARTITIONS = {"events": 2, "samples": 2, "judgments": 2, "alerts": 1, "dead_letters": 1}
-#: Items judged per event in these runs: small, so a loaded 2-core box keeps up.
-ITEMS_PER_EVENT = 3
-
-
-# --------------------------------------------------------------------------- harness
-
-
-def write_policy(directory: Path, *, rate: float = 1.0, items: int = ITEMS_PER_EVENT) -> Path:
-    """The bundled policy with every category sampled at ``rate`` and ``items`` items per event."""
-    doc = yaml.safe_load((ROOT / "policies" / "product-search.yaml").read_text(encoding="utf-8"))
-    doc["sampling"]["default_rate"] = rate
-    doc["sampling"]["max_items_per_event"] = items
-    for category in doc["categories"]:
-        category.pop("sample_rate", None)
-    path = directory / "policy.yaml"
-    path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
-    return path
-
-
-@dataclass
-class LiveRun:
-    """One isolated loop: topics, consumer group and Redis prefix of its own, and its worker."""
-
-    run_id: str
-    settings: Settings
-    env: dict[str, str]
-    topics: dict[str, str]
-    policy: Policy
-    workdir: Path
-    worker: subprocess.Popen[bytes] | None = None
-
-    @property
-    def group(self) -> str:
-        """The worker's Kafka consumer group (Faust's app id)."""
-        return self.env["EVALLOOP_STREAM_APP_ID"]
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "worker.log"
-
-
-def _run_settings(base: Settings, topics: dict[str, str], prefix: str, policy_path: Path) -> Settings:
-    specs = {s: {"name": topics[s], "partitions": PARTITIONS[s]} for s in STAGES}
-    return base.model_copy(
-        update={
-            "topics": base.topics.model_validate(specs),
-            "redis": base.redis.model_copy(update={"key_prefix": prefix}),
-            "policy_file": policy_path,
-        }
-    )
-
-
-def make_run(tag: str, teacher_url: str, workdir: Path, extra_env: dict[str, str] | None = None) -> LiveRun:
-    """A run's names and worker environment (nothing is created yet)."""
-    run_id = f"{tag}-{uuid.uuid4().hex[:8]}"
-    topics = {stage: f"evalloop.rel.{run_id}.{stage}" for stage in STAGES}
-    prefix = f"evalloop-rel:{run_id}"
-    policy_path = write_policy(workdir)
-    env = {
-        "EVALLOOP_POLICY_FILE": str(policy_path),
-        "EVALLOOP_REDIS__KEY_PREFIX": prefix,
-        "EVALLOOP_STREAM_APP_ID": f"evalloop-rel-{run_id}",
-        "EVALLOOP_STREAM_TEACHER_URL": teacher_url,
-        "EVALLOOP_STREAM_ALLOWED_LATENESS_S": "60",
-        "EVALLOOP_STREAM_AGGREGATE_WITHIN_S": "0.2",
-        "EVALLOOP_STREAM_LOG_INTERVAL_S": "1",
-        "OPENBLAS_NUM_THREADS": "1",
-        **(extra_env or {}),
-    }
-    for stage, name in topics.items():
-        env[f"EVALLOOP_TOPICS__{stage.upper()}__NAME"] = name
-        env[f"EVALLOOP_TOPICS__{stage.upper()}__PARTITIONS"] = str(PARTITIONS[stage])
-    settings = _run_settings(load_settings(), topics, prefix, policy_path)
-    return LiveRun(run_id, settings, env, topics, load_policy(policy_path), workdir)
-
-
-def admin_for(settings: Settings) -> AdminClient:
-    return AdminClient(dict(settings.kafka.confluent_config()))
-
-
-def create_topics(run: LiveRun) -> None:
-    """Create the run's topics (the worker never declares topics itself)."""
-    new = [NewTopic(run.topics[s], num_partitions=PARTITIONS[s], replication_factor=1) for s in STAGES]
-    admin = admin_for(run.settings)  # keep a reference: a collected client fails its futures
-    for future in admin.create_topics(new).values():
-        future.result(timeout=30)
-
-
-def start_worker(run: LiveRun) -> subprocess.Popen[bytes]:
-    """``evalloop worker`` as its own process, as in production; output to ``run.log_path``."""
-    log = run.log_path.open("wb")
-    env = {**os.environ, **run.env, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "evalloop.cli", "worker", "--loglevel", "info"]
-    run.worker = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    return run.worker
-
-
-def stop_worker(run: LiveRun) -> None:
-    """SIGTERM (Faust leaves the group cleanly), SIGKILL if it hangs."""
-    proc = run.worker
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-#: Worker logs are kept here after a run (the run's own directory may be temporary).
-LOG_DIR = Path(tempfile.gettempdir()) / "evalloop-rel-logs"
-
-
-def cleanup(run: LiveRun) -> None:
-    """Stop the worker, keep its log, delete the run's topics and Redis keys (best effort)."""
-    stop_worker(run)
-    with contextlib.suppress(OSError):
-        LOG_DIR.mkdir(exist_ok=True)
-        (LOG_DIR / f"{run.run_id}.log").write_bytes(run.log_path.read_bytes())
-    with contextlib.suppress(Exception):
-        WindowStore(redis_from_settings(run.settings), run.settings.redis.key_prefix).clear()
-    admin = admin_for(run.settings)
-    for future in admin.delete_topics(list(run.topics.values()), operation_timeout=30).values():
-        with contextlib.suppress(Exception):
-            future.result(timeout=30)
-
-
-@contextlib.contextmanager
-def live_run(
-    tag: str, teacher_url: str, extra_env: dict[str, str] | None = None, workdir: Path | None = None
-) -> Iterator[LiveRun]:
-    """Create topics, start the worker, yield the run; stop and delete everything afterwards."""
-    with contextlib.ExitStack() as stack:
-        if workdir is None:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="evalloop-rel-")))
-        run = make_run(tag, teacher_url, workdir, extra_env)
-        create_topics(run)
-        try:
-            start_worker(run)
-            yield run
-        finally:
-            cleanup(run)
-
-
-def make_producer(settings: Settings) -> Producer:
-    # No compression: the worker's aiokafka cannot read lz4/snappy/zstd (docs/streaming.md).
-    config: dict[str, Any] = dict(settings.kafka.confluent_config())
-    config.update({"linger.ms": 5, "compression.type": "none", "acks": "all"})
-    return Producer(config)
-
-
-def produce(producer: Producer, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
-    """Send and wait for every delivery; raises if any failed (a lost input is a test failure)."""
-    errors: list[str] = []
-
-    def on_delivery(error: Any, _message: Any) -> None:
-        if error is not None:
-            errors.append(str(error))
-
-    for key, value in records:
-        producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
-        producer.poll(0)
-    producer.flush(60)
-    if errors:
-        raise RuntimeError(f"{len(errors)} deliveries failed: {errors[:3]}")
-
-
-class TopicTail:
-    """A background consumer that keeps every message of one topic (from the beginning)."""
-
-    def __init__(self, settings: Settings, topic: str) -> None:
-        config: dict[str, Any] = dict(settings.kafka.confluent_config())
-        config.update(
-            {
-                "group.id": f"rel-tail-{uuid.uuid4().hex[:8]}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-                "fetch.message.max.bytes": 2_000_000,
-            }
-        )
-        self._consumer = Consumer(config)
-        self._consumer.subscribe([topic])
-        self.values: list[bytes] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name=f"tail-{topic}")
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                message = self._consumer.poll(0.2)
-                value = message.value() if message is not None and not message.error() else None
-                if value is not None:
-                    with self._lock:
-                        self.values.append(value)
-        finally:
-            self._consumer.close()
-
-    def snapshot(self) -> list[bytes]:
-        with self._lock:
-            return list(self.values)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-
-def judgments_of(tail: TopicTail) -> list[Judgment]:
-    return [Judgment.model_validate_json(v) for v in tail.snapshot()]
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float, every_s: float = 0.2) -> bool:
-    """Poll ``check`` until true or ``timeout_s`` passes; returns the last result."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(every_s)
-    return check()
-
-
-class EventFactory:
-    """Valid events built from the bundled WANDS day with fresh ids and times (now, UTC)."""
-
-    def __init__(self, tag: str, limit: int = 300) -> None:
-        with EVENTS_FILE.open("rb") as lines:
-            self._docs = [json.loads(line) for _, line in zip(range(limit), lines, strict=False)]
-        self._tag = tag
-        self._count = 0
-
-    def doc(self, event_time: datetime | None = None) -> dict[str, Any]:
-        """A fresh event document."""
-        doc: dict[str, Any] = copy.deepcopy(self._docs[self._count % len(self._docs)])
-        self._count += 1
-        doc["event_id"] = f"{self._tag}-{self._count:07d}"
-        when = event_time or datetime.now(UTC)
-        doc["event_time"] = when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        return doc
-
-    @staticmethod
-    def encode(doc: dict[str, Any]) -> tuple[bytes, bytes]:
-        """(key, value) as the producer sends them: keyed by event id, compact JSON."""
-        value = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
-        return str(doc["event_id"]).encode(), value
-
-    def record(self, event_time: datetime | None = None) -> tuple[str, tuple[bytes, bytes]]:
-        """A fresh event's id and its Kafka record."""
-        doc = self.doc(event_time)
-        return str(doc["event_id"]), self.encode(doc)
-
-
-def expected_items(doc: dict[str, Any], policy: Policy) -> int:
-    return min(len(doc["items"]), policy.sampling.max_items_per_event)
-
-
-def worker_counters(log_path: Path) -> dict[str, int]:
-    """The latest ``evalloop counters {...}`` line the worker logged (every log interval)."""
-    marker = "evalloop counters "
-    latest: dict[str, int] = {}
-    with contextlib.suppress(FileNotFoundError), log_path.open("rb") as log:
-        for line in log:
-            text = line.decode("utf-8", "replace")
-            if marker in text:
-                with contextlib.suppress(ValueError, SyntaxError):
-                    latest = ast.literal_eval(text.split(marker, 1)[1].strip())
-    return latest
-
-
-def end_offsets(settings: Settings, topics: list[str]) -> dict[str, int]:
-    """Messages ever written per topic (sum of high watermarks over partitions)."""
-    config = {**settings.kafka.confluent_config(), "group.id": f"rel-offsets-{uuid.uuid4().hex[:6]}"}
-    consumer = Consumer(config)
-    try:
-        totals: dict[str, int] = {}
-        for topic in topics:
-            parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-            highs = [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts]
-            totals[topic] = sum(highs)
-        return totals
-    finally:
-        consumer.close()
-
-
-def group_lag(settings: Settings, group: str, topics: list[str]) -> dict[str, int]:
-    """Per topic: high watermark − the group's committed offset, summed over partitions."""
-    admin = admin_for(settings)
-    request = [ConsumerGroupTopicPartitions(group)]
-    committed: dict[tuple[str, int], int] = {}
-    for future in admin.list_consumer_group_offsets(request).values():
-        for tp in future.result(timeout=10).topic_partitions or []:
-            committed[(tp.topic, tp.partition)] = max(tp.offset, 0)
-    config = {**settings.kafka.confluent_config(), "group.id": f"rel-lag-{uuid.uuid4().hex[:6]}"}
-    consumer = Consumer(config)
-    try:
-        lag: dict[str, int] = {}
-        for topic in topics:
-            parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-            total = 0
-            for p in parts:
-                high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                total += max(0, high - committed.get((topic, p), 0))
-            lag[topic] = total
-        return lag
-    finally:
-        consumer.close()
-
-
-def window_totals(run: LiveRun) -> tuple[float, float]:
-    """(ok ``n``, error ``err``) summed over the run's categories for the last day."""
-    client: redis.Redis = redis_from_settings(run.settings)
-    store = WindowStore(client, run.settings.redis.key_prefix)
-    end = time.time() + 600
-    n = err = 0.0
-    for category in store.categories():
-        stats = store.read(category, 86400, end)
-        n += stats.counters.get("n", 0.0)
-        err += stats.counters.get("err", 0.0)
-    return n, err
-
 
 # --------------------------------------------------------------------------- the fault suite
 
@@ -651,13 +326,6 @@ class FaultSuite:
             calls.setdefault(hit.event_ids, []).append(hit.at)
         gaps = [times[1] - times[0] for times in calls.values() if len(times) >= 2]
         return round(min(gaps), 3) if gaps else None
-
-
-def breaker_opens(log_path: Path) -> int:
-    """How often the worker logged its circuit opening (closed/half-open → open)."""
-    with contextlib.suppress(FileNotFoundError):
-        return log_path.read_bytes().count(b"teacher circuit open after")
-    return 0
 
 
 def _reason_kind(error: str) -> str:

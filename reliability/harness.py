@@ -12,6 +12,9 @@ should have stored:
 
 Nothing here sleeps for a fixed time to "let things settle": waits poll a condition with a
 generous deadline, so a loaded machine makes a check slower, not flaky.
+
+The run's worker, names and topic reader come from :mod:`reliability.live` and
+:mod:`reliability.live_io`; the check's own Kafka and Redis from :mod:`reliability.own_services`.
 """
 
 from __future__ import annotations
@@ -19,15 +22,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -37,34 +35,27 @@ import redis
 import yaml
 from pydantic import ValidationError
 
+from reliability.live import EVENTS as EVENTS
+from reliability.live import (
+    LoopRun,
+    bundled_policy,
+    common_env,
+    drop_topics,
+    run_names,
+    run_settings,
+    topic_env,
+)
+from reliability.live_io import TopicReader
 from schemas.alerts import Alert
 from schemas.judgments import Judgment
 from schemas.policy import Policy
 from schemas.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
-EVENTS = ROOT / "data" / "wands" / "events.jsonl"
-STAGES = ("events", "samples", "judgments", "alerts", "dead_letters")
-PARTITIONS = {"events": 2, "samples": 2, "judgments": 2, "alerts": 1, "dead_letters": 1}
 #: Producer delivery timeout: long enough to ride out a broker restart (librdkafka buffers).
 PRODUCER_TIMEOUT_MS = 180_000
 
 
-def log(message: str) -> None:
-    """Progress line on stderr (stdout carries the figures)."""
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 # --------------------------------------------------------------------------- run set-up
-
-
-@dataclass(frozen=True)
-class LoopRun:
-    """One isolated loop: settings (as the worker sees them) and the env that gives them to it."""
-
-    run_id: str
-    settings: Settings
-    env: dict[str, str]
 
 
 def write_test_policy(directory: Path) -> Path:
@@ -74,10 +65,7 @@ def write_test_policy(directory: Path) -> Path:
     (0.2) fires early in every busy category and stays firing (a re-page would show as a second
     firing of the same dedup key); the second (0.4, at the base rate) may fire and resolve.
     """
-    doc = yaml.safe_load((ROOT / "policies" / "product-search.yaml").read_text(encoding="utf-8"))
-    doc["sampling"]["default_rate"] = 1.0
-    for category in doc["categories"]:
-        category.pop("sample_rate", None)
+    doc = bundled_policy(1.0)
     common = {"windows": [{"long": "2h", "short": "1h"}], "min_samples": 20, "resolve_for": "30m"}
     doc["alerts"] = [
         {
@@ -103,40 +91,23 @@ def write_test_policy(directory: Path) -> Path:
 
 def make_run(base: Settings, policy_path: Path, teacher_url: str, tag: str) -> LoopRun:
     """Run-specific topics, consumer group and Redis prefix on ``base``'s services."""
-    run_id = f"{tag}-{uuid.uuid4().hex[:8]}"
-    prefix = f"evalloop-rel:{run_id}"
-    specs = {s: {"name": f"evalloop.rel.{run_id}.{s}", "partitions": PARTITIONS[s]} for s in STAGES}
+    names = run_names(tag)
     env = {
-        "EVALLOOP_POLICY_FILE": str(policy_path),
+        **common_env(names, policy_path, teacher_url),
         "EVALLOOP_STATE_DIR": str(base.state_dir),
         "EVALLOOP_KAFKA__BOOTSTRAP_SERVERS": base.kafka.bootstrap_servers,
         "EVALLOOP_REDIS__URL": base.redis.url,
-        "EVALLOOP_REDIS__KEY_PREFIX": prefix,
-        "EVALLOOP_STREAM_APP_ID": f"evalloop-rel-{run_id}",
-        "EVALLOOP_STREAM_TEACHER_URL": teacher_url,
-        "EVALLOOP_STREAM_ALLOWED_LATENESS_S": "60",
         # A replay squeezes ~13 h of event time into ~75 s: a few wall seconds of restart are hours
         # of event time, so keep the late-data cut-off out of the way of what is being measured.
         "EVALLOOP_STREAM_RETENTION_S": "86400",
-        "EVALLOOP_STREAM_AGGREGATE_WITHIN_S": "0.2",
         "EVALLOOP_STREAM_LOG_INTERVAL_S": "5",
         # Kafka's minimum: a killed member's partitions are handed over after 6 s, not 10.
         "EVALLOOP_STREAM_BROKER_SESSION_TIMEOUT_S": "6",
         "EVALLOOP_STREAM_TEACHER_RETRIES": "6",
         "PYTHONUNBUFFERED": "1",
-        "OPENBLAS_NUM_THREADS": "1",
     }
-    for stage, spec in specs.items():
-        env[f"EVALLOOP_TOPICS__{stage.upper()}__NAME"] = str(spec["name"])
-        env[f"EVALLOOP_TOPICS__{stage.upper()}__PARTITIONS"] = str(spec["partitions"])
-    settings = base.model_copy(
-        update={
-            "topics": base.topics.model_validate(specs),
-            "redis": base.redis.model_copy(update={"key_prefix": prefix}),
-            "policy_file": policy_path,
-        }
-    )
-    return LoopRun(run_id, settings, env)
+    env.update(topic_env(names.topics))
+    return LoopRun(names.run_id, run_settings(base, names, policy_path), env)
 
 
 def create_topics(settings: Settings) -> None:
@@ -148,13 +119,9 @@ def create_topics(settings: Settings) -> None:
 
 def delete_topics(settings: Settings) -> None:
     """Best-effort removal of the run's topics."""
-    from infra.local import admin_client
-
     names = [spec.name for spec in settings.topics.all()]
     with contextlib.suppress(Exception):
-        for future in admin_client(settings).delete_topics(names, operation_timeout=30).values():
-            with contextlib.suppress(Exception):
-                future.result(timeout=30)
+        drop_topics(settings, names)
 
 
 def redis_for(settings: Settings) -> redis.Redis:
@@ -162,76 +129,6 @@ def redis_for(settings: Settings) -> redis.Redis:
     from streams.status import redis_from_settings
 
     return redis_from_settings(settings)
-
-
-# --------------------------------------------------------------------------- worker subprocess
-
-
-class Worker:
-    """``evalloop worker`` as a subprocess that can be killed (SIGKILL) and started again."""
-
-    def __init__(self, run: LoopRun, log_dir: Path) -> None:
-        self.run = run
-        self.log_dir = log_dir
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-        self.kills = 0
-
-    def start(self) -> None:
-        """Start a fresh worker process (same consumer group: it resumes at the committed offsets)."""
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log_file = (self.log_dir / f"worker-{self.starts}.log").open("wb")
-        command = [sys.executable, "-m", "evalloop.cli", "worker", "--loglevel", "info"]
-        self.proc = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env={**os.environ, **self.run.env},
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log_file.close()
-        self.starts += 1
-
-    def wait_ready(self, timeout_s: float) -> bool:
-        """Until the current process logs Faust's "Worker ready" (partitions assigned) or dies."""
-        path = self.log_dir / f"worker-{self.starts - 1}.log"
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and self.alive():
-            if b"Worker ready" in path.read_bytes():
-                return True
-            time.sleep(0.2)
-        return False
-
-    def alive(self) -> bool:
-        """Whether the current process runs."""
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill9(self) -> None:
-        """SIGKILL: no shutdown hooks, no offset commit, no leaving the group — a real crash."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(30)
-            self.kills += 1
-
-    def ensure_running(self) -> bool:
-        """Restart the worker if it exited on its own (what a supervisor would do); True if it did."""
-        if self.proc is not None and self.proc.poll() is not None:
-            log(f"worker exited with {self.proc.returncode}; restarting it")
-            self.start()
-            return True
-        return False
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM (Faust commits and leaves the group), SIGKILL if it hangs; waits until gone."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(30)
 
 
 # --------------------------------------------------------------------------- replay
@@ -319,42 +216,6 @@ def start_replay(path: Path, settings: Settings, speed: float | None) -> ReplayJ
 
 
 # --------------------------------------------------------------------------- reading topics
-
-
-class TopicReader:
-    """Reads a topic from the beginning, incrementally, without a consumer group commit."""
-
-    def __init__(self, settings: Settings, topic: str) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-        config: dict[str, Any] = dict(settings.kafka.confluent_config())
-        config.update(
-            {
-                "group.id": f"rel-reader-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "log_level": 2,
-            }
-        )
-        self.consumer = Consumer(config)
-        self.topic = topic
-        partitions = self.consumer.list_topics(topic, timeout=30).topics[topic].partitions
-        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(partitions)])
-        self.values: list[bytes] = []
-
-    def poll(self, seconds: float) -> list[bytes]:
-        """Read what arrives within ``seconds``; returns everything read so far."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            for message in self.consumer.consume(500, timeout=0.2):
-                value = message.value() if message.error() is None else None
-                if value is not None:
-                    self.values.append(value)
-        return self.values
-
-    def close(self) -> None:
-        """Leave (nothing to commit)."""
-        self.consumer.close()
 
 
 def parse_judgments(raws: Sequence[bytes]) -> list[Judgment]:
@@ -549,106 +410,6 @@ def noop_teacher_server(policy: Policy) -> ThreadingHTTPServer:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, name="noop-teacher", daemon=True).start()
     return server
-
-
-# --------------------------------------------------------------------------- own services
-
-
-OWN_KAFKA = "127.0.0.1:29092"
-OWN_REDIS = "redis://127.0.0.1:26379/0"
-OWN_STATE = Path(".evalloop/reliability")
-
-
-def own_settings(base: Settings, state_dir: Path = OWN_STATE) -> Settings:
-    """``base`` pointed at this check's own Kafka (29092/29093) and Redis (26379)."""
-    return base.model_copy(
-        update={
-            "state_dir": state_dir,
-            "kafka": base.kafka.model_copy(update={"bootstrap_servers": OWN_KAFKA}),
-            "redis": base.redis.model_copy(update={"url": OWN_REDIS}),
-        }
-    )
-
-
-def _share_jars(paths: Any) -> None:
-    """Reuse the jars `make up` resolved (a symlink) instead of a second Maven resolution."""
-    from infra.local import Paths
-
-    shared = Paths(Path(".evalloop")).kafka_libs.resolve()
-    target: Path = paths.kafka_libs
-    if shared.is_dir() and not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(shared, target_is_directory=True)
-
-
-class OwnServices:
-    """A Kafka broker and a Redis of this check only (own ports and state dir), restartable."""
-
-    def __init__(self, settings: Settings) -> None:
-        from infra.local import Paths
-
-        self.settings = settings
-        self.paths = Paths(settings.state_dir)
-
-    def start(self) -> None:
-        """Start both (idempotent)."""
-        self.start_kafka()
-        self.start_redis()
-
-    def start_kafka(self) -> None:
-        """Start the broker and wait until it answers."""
-        from infra.local import start_kafka
-
-        _share_jars(self.paths)
-        for line in start_kafka(self.settings, self.paths):
-            log(line)
-
-    def start_redis(self) -> None:
-        """Start Redis (no persistence) and wait for PING."""
-        from infra.local import start_redis
-
-        for line in start_redis(self.settings, self.paths):
-            log(line)
-
-    def stop_kafka(self) -> None:
-        """SIGTERM the broker (controlled shutdown) and wait until it is gone."""
-        self._stop("kafka", "kafka.Kafka")
-
-    def stop_redis(self) -> None:
-        """SIGTERM Redis; without persistence its data is gone."""
-        self._stop("redis", "redis-server")
-
-    def _stop(self, service: str, marker: str) -> None:
-        from infra.local import owned_pid, stop_pid
-
-        pid = owned_pid(self.paths, service, marker)
-        if pid is not None and not stop_pid(pid):
-            raise RuntimeError(f"{service} pid {pid} survived SIGKILL")
-        self.paths.pid_file(service).unlink(missing_ok=True)
-
-    def stop(self) -> list[int]:
-        """Stop both; returns pids of ours still alive (should be empty)."""
-        from infra.local import kafka_strays, redis_strays, stop_pid
-
-        self.stop_kafka()
-        self.stop_redis()
-        for pid in kafka_strays(self.paths) + redis_strays(self.paths):
-            stop_pid(pid, timeout=10)
-        return kafka_strays(self.paths) + redis_strays(self.paths)
-
-
-@contextlib.contextmanager
-def own_services(settings: Settings) -> Iterator[OwnServices]:
-    """Start own Kafka + Redis; always stop them, and fail if any of their processes is left."""
-    services = OwnServices(settings)
-    services.start()
-    try:
-        yield services
-    finally:
-        left = services.stop()
-        if left:
-            raise RuntimeError(f"own services left running: {left}")
-        log("own Kafka and Redis stopped; no process left")
 
 
 def emit_figures(figures: dict[str, Any], out: Path | None) -> None:

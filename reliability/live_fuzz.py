@@ -33,19 +33,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from reliability.fault_teacher import FaultTeacherServer
-from reliability.faults import (
-    EventFactory,
-    LiveRun,
-    TopicTail,
-    expected_items,
-    judgments_of,
-    live_run,
-    make_producer,
-    produce,
-    wait_until,
-    window_totals,
-    write_policy,
-)
+from reliability.live import EventFactory, LiveRun, expected_items, live_run, wait_until, write_policy
+from reliability.live_io import TopicTail, judgments_of, make_producer, produce, window_totals
 from schemas.policy import load_policy
 from streams.deadletter import DeadLetter
 from streams.pipeline import validate

@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from reliability import harness
-from reliability.harness import LoopRun, OwnServices, TopicReader, Worker, log
+from reliability.live import ROOT, LoopRun, Worker, log
+from reliability.live_io import TopicReader
+from reliability.own_services import OwnServices, own_services, own_settings
 from schemas.policy import Policy, load_policy
 from schemas.settings import load_settings
 
@@ -159,7 +161,7 @@ def run_rebuild(loop: Loop) -> dict[str, Any]:
     command = [sys.executable, "-m", "evalloop.cli", "windows", "rebuild", "--json"]
     done = subprocess.run(
         command,
-        cwd=harness.ROOT,
+        cwd=ROOT,
         env={**os.environ, **loop.run.env},
         capture_output=True,
         text=True,
@@ -215,7 +217,7 @@ def redis_restart(loop: Loop, config: RestartConfig, first: list[bytes], more: l
 def run_check(config: RestartConfig) -> dict[str, Any]:
     """Both parts on own services; returns the figures."""
     started = time.monotonic()
-    settings = harness.own_settings(load_settings())
+    settings = own_settings(load_settings())
     workdir = Path(tempfile.mkdtemp(prefix="evalloop-restarts-"))
     policy_path = harness.write_test_policy(workdir)
     policy = load_policy(policy_path)
@@ -224,7 +226,7 @@ def run_check(config: RestartConfig) -> dict[str, Any]:
     lines = harness.replay_lines(config.events + config.more)
     first, more = lines[: config.events], lines[config.events :]
     try:
-        with harness.own_services(settings) as services:
+        with own_services(settings) as services:
             run = harness.make_run(settings, policy_path, url, "restarts")
             harness.create_topics(run.settings)
             worker = Worker(run, workdir / "logs")

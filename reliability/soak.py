@@ -32,18 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from reliability.fault_teacher import FaultTeacherServer
-from reliability.faults import (
-    EventFactory,
-    LiveRun,
-    end_offsets,
-    group_lag,
-    live_run,
-    make_producer,
-    produce,
-    wait_until,
-    worker_counters,
-    write_policy,
-)
+from reliability.live import EventFactory, LiveRun, live_run, wait_until, write_policy
+from reliability.live_io import end_offsets, group_lag, make_producer, produce, worker_counters
 from schemas.policy import load_policy
 
 LAGGED_STAGES = ("events", "samples", "judgments")

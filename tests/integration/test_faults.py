@@ -19,13 +19,12 @@ from reliability.fault_teacher import FaultTeacherServer
 from reliability.faults import (
     EXPECTED_REASON,
     FAULTS,
-    ITEMS_PER_EVENT,
     RETRYABLE,
     FaultReport,
     render,
     run_fault_suite,
-    write_policy,
 )
+from reliability.live import ITEMS_PER_EVENT, write_policy
 from schemas.policy import load_policy
 
 pytestmark = pytest.mark.integration

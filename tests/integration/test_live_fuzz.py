@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from reliability.fault_teacher import FaultTeacherServer
-from reliability.faults import write_policy
+from reliability.live import write_policy
 from reliability.live_fuzz import KIND_WEIGHTS, FuzzReport, render, run_live_fuzz
 from schemas.policy import load_policy
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from reliability.fault_teacher import FaultTeacherServer
-from reliability.faults import write_policy
+from reliability.live import write_policy
 from reliability.soak import render, run_soak
 from schemas.policy import load_policy
 
