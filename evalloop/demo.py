@@ -21,10 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from schemas.alerts import Alert
 from schemas.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from streams.replay import Degradation
 
 TOPIC_SUFFIXES = {
     "EVENTS": "events",
@@ -50,6 +53,14 @@ class DemoConfig:
     settle_s: float = 20.0
     timeout_s: float = 900.0
     backend: str | None = None
+
+    def degradation(self) -> Degradation:
+        """The degradation this demo injects, for the live replay and the backtest alike."""
+        from streams.replay import Degradation, parse_time
+
+        return Degradation(
+            self.category, parse_time(self.degrade_from), parse_time(self.degrade_to), self.fraction
+        )
 
 
 def run_environment(run_id: str) -> dict[str, str]:
@@ -223,11 +234,9 @@ def current_settings(env: dict[str, str]) -> Settings:
 
 
 def _replay_thread(config: DemoConfig, settings: Settings, done: threading.Event) -> threading.Thread:
-    from streams.replay import Degradation, parse_time, replay
+    from streams.replay import replay
 
-    degradation = Degradation(
-        config.category, parse_time(config.degrade_from), parse_time(config.degrade_to), config.fraction
-    )
+    degradation = config.degradation()
 
     def work() -> None:
         try:
@@ -250,12 +259,9 @@ def _expected_alerts(config: DemoConfig) -> list[Alert]:
     from evalloop.backtest import backtest
     from judges.registry import build_teacher
     from schemas.policy import load_policy
-    from streams.replay import Degradation, parse_time
 
     policy = load_policy(config.policy_file)
-    degradation = Degradation(
-        config.category, parse_time(config.degrade_from), parse_time(config.degrade_to), config.fraction
-    )
+    degradation = config.degradation()
     return backtest(policy, build_teacher(policy, config.backend), config.events_file, degradation).alerts
 
 

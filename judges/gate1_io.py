@@ -7,12 +7,12 @@ and, where it concerns one field, the field's name, so a bad export can be fixed
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from judges.agreement import Rating
+from judges.jsonl import iter_objects, load_jsonl, require_some
 
 REQUIRED_FIELDS = ("item_id", "rater_id", "label")
 
@@ -23,34 +23,17 @@ class RatingsFormatError(ValueError):
 
 def load_ratings(path: str | Path) -> list[Rating]:
     """Read every rating in the JSONL file at ``path``; raise ``RatingsFormatError`` on any bad line."""
-    source = str(path)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return parse_ratings(handle, source=source)
-    except OSError as exc:
-        raise RatingsFormatError(f"{source}: cannot read ratings file: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise RatingsFormatError(f"{source}: not UTF-8 text ({exc.reason})") from exc
+    return load_jsonl(path, RatingsFormatError, "ratings", parse_ratings)
 
 
 def parse_ratings(lines: Iterable[str], source: str = "<ratings>") -> list[Rating]:
     """Parse JSONL ``lines`` into ratings; ``source`` names the input in error messages."""
-    ratings = [
-        _parse_line(line, f"{source}:{number}") for number, line in enumerate(lines, start=1) if line.strip()
-    ]
-    if not ratings:
-        raise RatingsFormatError(f"{source}: no ratings (the file is empty)")
-    return ratings
+    ratings = [_rating(record, where) for where, record in iter_objects(lines, source, RatingsFormatError)]
+    return require_some(ratings, source, RatingsFormatError, "ratings")
 
 
-def _parse_line(line: str, where: str) -> Rating:
-    """One JSONL line -> ``Rating``; ``where`` is ``file:line`` for the error message."""
-    try:
-        record: Any = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise RatingsFormatError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(record, dict):
-        raise RatingsFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
+def _rating(record: dict[str, Any], where: str) -> Rating:
+    """One JSON object -> ``Rating``; ``where`` is ``file:line`` for the error message."""
     missing = [name for name in REQUIRED_FIELDS if name not in record]
     if missing:
         raise RatingsFormatError(f"{where}: missing field(s) {', '.join(repr(m) for m in missing)}")

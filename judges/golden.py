@@ -28,6 +28,7 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError
 
 from judges.base import JudgeRequest
+from judges.jsonl import iter_objects, load_jsonl, require_some
 from schemas.base import Attributes, Identifier, ShortText, StrictModel, describe_validation_error
 from schemas.events import Item
 from schemas.policy import Policy
@@ -70,33 +71,16 @@ class GoldenFormatError(ValueError):
 
 def load_golden(path: str | Path) -> list[GoldenItem]:
     """Read every item of the golden JSONL file; raise GoldenFormatError on any bad line."""
-    source = str(path)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return parse_golden(handle, source=source)
-    except OSError as exc:
-        raise GoldenFormatError(f"{source}: cannot read golden file: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise GoldenFormatError(f"{source}: not UTF-8 text ({exc.reason})") from None
+    return load_jsonl(path, GoldenFormatError, "golden", parse_golden)
 
 
 def parse_golden(lines: Iterable[str], source: str = "<golden>") -> list[GoldenItem]:
     """Parse JSONL lines (blank lines skipped) into golden items."""
-    items = [
-        _parse_line(line, f"{source}:{number}") for number, line in enumerate(lines, start=1) if line.strip()
-    ]
-    if not items:
-        raise GoldenFormatError(f"{source}: no golden items (the file is empty)")
-    return items
+    items = [_item(record, where) for where, record in iter_objects(lines, source, GoldenFormatError)]
+    return require_some(items, source, GoldenFormatError, "golden items")
 
 
-def _parse_line(line: str, where: str) -> GoldenItem:
-    try:
-        record: Any = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise GoldenFormatError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(record, dict):
-        raise GoldenFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
+def _item(record: dict[str, Any], where: str) -> GoldenItem:
     try:
         # strict=False: JSON has no tuples and ints arrive as ints; nothing else is coerced here.
         return GoldenItem.model_validate(record, strict=False)

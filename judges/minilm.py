@@ -59,20 +59,7 @@ _AS_A = tuple(
 )
 _PAD_SLACK = 64  # padded token rows a batch may waste beyond 25% before it is split
 _GELU_ROWS = 32  # rows per GELU chunk: its ~10 temporaries of (32, 1536) stay in cache
-_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-_MAX_CHARS_PER_WORD = 100
 _DTYPES: dict[str, str] = {"F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4"}
-# CJK Unified Ideographs blocks, exactly as in HF BertNormalizer (handle_chinese_chars).
-_CJK_RANGES: tuple[tuple[int, int], ...] = (
-    (0x4E00, 0x9FFF),
-    (0x3400, 0x4DBF),
-    (0x20000, 0x2A6DF),
-    (0x2A700, 0x2B73F),
-    (0x2B740, 0x2B81F),
-    (0x2B820, 0x2CEAF),
-    (0xF900, 0xFAFF),
-    (0x2F800, 0x2FA1F),
-)
 
 
 class MiniLMUnavailableError(RuntimeError):
