@@ -61,6 +61,7 @@ bench: up ## Run every benchmark (python -m bench): tables on stdout, JSON under
 
 reliability: up ## The crash, restart, fault, fuzz and soak checks as scripts that print their figures
 	@$(PY) -m reliability.crash --kills 10
+	@$(PY) -m reliability.scale_out --workers 3
 	@$(PY) -m reliability.restarts
 	@$(PY) -m reliability.faults
 	@$(PY) -m reliability.live_fuzz --count 2000

@@ -23,6 +23,7 @@ from schemas.judgments import Judgment
 from schemas.policy import Policy
 from streams import pipeline
 from streams.replay import Degradation, build_records, read_lines
+from streams.evaluation import close_out_point
 from streams.sampling import Sampler
 from streams.windows import WindowAggregate, WindowStats, bucket_start, counter_updates, merge_counts
 
@@ -125,7 +126,8 @@ def replay_alerts(policy: Policy, judgments: Sequence[Judgment], store: BucketWi
         return []
     step = store.bucket_seconds
     first = bucket_start(times[0], step) + step
-    last = bucket_start(times[-1], step) + 2 * step
+    # Where the live loop's idle close-out stops once the stream has gone quiet (docs/alerts.md).
+    last = int(close_out_point(times[-1], step))
     states = pipeline.MemoryAlertStateStore()
     examples = pipeline.RecentExamples()
     alerts: list[Alert] = []

@@ -89,8 +89,10 @@ def write_test_policy(directory: Path) -> Path:
     return path
 
 
-def make_run(base: Settings, policy_path: Path, teacher_url: str, tag: str) -> LoopRun:
-    """Run-specific topics, consumer group and Redis prefix on ``base``'s services."""
+def make_run(
+    base: Settings, policy_path: Path, teacher_url: str, tag: str, partitions: dict[str, int] | None = None
+) -> LoopRun:
+    """Run-specific topics (``partitions`` per stage), consumer group and Redis prefix on ``base``'s services."""
     names = run_names(tag)
     env = {
         **common_env(names, policy_path, teacher_url),
@@ -106,8 +108,8 @@ def make_run(base: Settings, policy_path: Path, teacher_url: str, tag: str) -> L
         "EVALLOOP_STREAM_TEACHER_RETRIES": "6",
         "PYTHONUNBUFFERED": "1",
     }
-    env.update(topic_env(names.topics))
-    return LoopRun(names.run_id, run_settings(base, names, policy_path), env)
+    env.update(topic_env(names.topics, partitions))
+    return LoopRun(names.run_id, run_settings(base, names, policy_path, partitions), env)
 
 
 def create_topics(settings: Settings) -> None:
@@ -160,7 +162,7 @@ def patient_producer(settings: Settings) -> Any:
     """The replay's idempotent producer, with a delivery timeout long enough for a broker restart."""
     from confluent_kafka import Producer
 
-    config: dict[str, Any] = dict(settings.kafka.confluent_config())
+    config: dict[str, Any] = dict(settings.kafka.producer_config())
     config.update(
         {
             "enable.idempotence": True,

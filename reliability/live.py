@@ -22,7 +22,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -106,18 +106,22 @@ def common_env(names: RunNames, policy_path: Path, teacher_url: str) -> dict[str
     }
 
 
-def topic_env(topics: dict[str, str]) -> dict[str, str]:
+def topic_env(topics: dict[str, str], partitions: dict[str, int] | None = None) -> dict[str, str]:
     """The ``EVALLOOP_TOPICS__*`` variables naming the run's topics and their partitions."""
+    counts = partitions or PARTITIONS
     env: dict[str, str] = {}
     for stage, name in topics.items():
         env[f"EVALLOOP_TOPICS__{stage.upper()}__NAME"] = name
-        env[f"EVALLOOP_TOPICS__{stage.upper()}__PARTITIONS"] = str(PARTITIONS[stage])
+        env[f"EVALLOOP_TOPICS__{stage.upper()}__PARTITIONS"] = str(counts[stage])
     return env
 
 
-def run_settings(base: Settings, names: RunNames, policy_path: Path) -> Settings:
+def run_settings(
+    base: Settings, names: RunNames, policy_path: Path, partitions: dict[str, int] | None = None
+) -> Settings:
     """``base`` with the run's topics, Redis prefix and policy (what the worker sees)."""
-    specs = {s: {"name": names.topics[s], "partitions": PARTITIONS[s]} for s in STAGES}
+    counts = partitions or PARTITIONS
+    specs = {s: {"name": names.topics[s], "partitions": counts[s]} for s in STAGES}
     return base.model_copy(
         update={
             "topics": base.topics.model_validate(specs),
@@ -237,6 +241,7 @@ class LiveRun:
     policy: Policy
     workdir: Path
     worker: subprocess.Popen[bytes] | None = None
+    partitions: dict[str, int] = field(default_factory=lambda: dict(PARTITIONS))
 
     @property
     def group(self) -> str:
@@ -248,25 +253,40 @@ class LiveRun:
         return self.workdir / "worker.log"
 
 
+@dataclass(frozen=True)
+class RunLayout:
+    """What a run may choose beyond the defaults: partitions per stage and its own policy file."""
+
+    partitions: dict[str, int] = field(default_factory=lambda: dict(PARTITIONS))
+    policy_path: Path | None = None
+
+
 def make_live_run(
-    tag: str, teacher_url: str, workdir: Path, extra_env: dict[str, str] | None = None
+    tag: str,
+    teacher_url: str,
+    workdir: Path,
+    extra_env: dict[str, str] | None = None,
+    layout: RunLayout | None = None,
 ) -> LiveRun:
     """A run's names and worker environment (nothing is created yet)."""
+    layout = layout or RunLayout()
     names = run_names(tag)
-    policy_path = write_policy(workdir)
+    policy_path = layout.policy_path or write_policy(workdir)
     env = {
         **common_env(names, policy_path, teacher_url),
         "EVALLOOP_STREAM_LOG_INTERVAL_S": "1",
         **(extra_env or {}),
     }
-    env.update(topic_env(names.topics))
-    settings = run_settings(load_settings(), names, policy_path)
-    return LiveRun(names.run_id, settings, env, names.topics, load_policy(policy_path), workdir)
+    env.update(topic_env(names.topics, layout.partitions))
+    settings = run_settings(load_settings(), names, policy_path, layout.partitions)
+    policy = load_policy(policy_path)
+    return LiveRun(names.run_id, settings, env, names.topics, policy, workdir, None, dict(layout.partitions))
 
 
 def create_topics(run: LiveRun) -> None:
     """Create the run's topics (the worker never declares topics itself)."""
-    new = [NewTopic(run.topics[s], num_partitions=PARTITIONS[s], replication_factor=1) for s in STAGES]
+    counts = run.partitions
+    new = [NewTopic(run.topics[s], num_partitions=counts[s], replication_factor=1) for s in STAGES]
     from infra.local import admin_client
 
     admin = admin_client(run.settings)  # keep a reference: a collected client fails its futures
@@ -306,13 +326,17 @@ def cleanup(run: LiveRun) -> None:
 
 @contextlib.contextmanager
 def live_run(
-    tag: str, teacher_url: str, extra_env: dict[str, str] | None = None, workdir: Path | None = None
+    tag: str,
+    teacher_url: str,
+    extra_env: dict[str, str] | None = None,
+    workdir: Path | None = None,
+    layout: RunLayout | None = None,
 ) -> Iterator[LiveRun]:
     """Create topics, start the worker, yield the run; stop and delete everything afterwards."""
     with contextlib.ExitStack() as stack:
         if workdir is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="evalloop-rel-")))
-        run = make_live_run(tag, teacher_url, workdir, extra_env)
+        run = make_live_run(tag, teacher_url, workdir, extra_env, layout)
         create_topics(run)
         try:
             start_worker(run)

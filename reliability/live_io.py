@@ -28,9 +28,8 @@ from streams.window_store import WindowStore
 
 
 def make_producer(settings: Settings) -> Producer:
-    # No compression: the worker's aiokafka cannot read lz4/snappy/zstd (docs/streaming.md).
-    config: dict[str, Any] = dict(settings.kafka.confluent_config())
-    config.update({"linger.ms": 5, "compression.type": "none", "acks": "all"})
+    config: dict[str, Any] = dict(settings.kafka.producer_config())
+    config.update({"linger.ms": 5, "acks": "all"})
     return Producer(config)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -23,8 +25,31 @@ MAX_ITEMS_PER_EVENT = 100
 
 Text = Annotated[str, Field(min_length=1, max_length=2000)]
 
+#: What ``parse_event`` does with fields the schema does not know (``EVALLOOP_STREAM_UNKNOWN_FIELDS``).
+UnknownFields = Literal["ignore", "reject"]
 
-class Item(StrictModel):
+_UNKNOWN_FIELDS_NOTE = (
+    "Fields not listed here are accepted and ignored by default (counted per field name); "
+    "a worker with EVALLOOP_STREAM_UNKNOWN_FIELDS=reject dead-letters them as 'unknown_field'."
+)
+
+
+class ProducerModel(StrictModel):
+    """Strict types, frozen, but producers may add fields: ``parse_event`` decides what they mean.
+
+    Producers evolve their payloads (an ``experiment_arm``, a ``price`` on an item) faster than the
+    loop's schema; refusing every event over one added field would dead-letter a whole stream.
+    """
+
+    model_config = ConfigDict(
+        strict=True,
+        extra="ignore",
+        frozen=True,
+        json_schema_extra={"additionalProperties": True, "$comment": _UNKNOWN_FIELDS_NOTE},
+    )
+
+
+class Item(ProducerModel):
     """One recommended item as the production model showed it."""
 
     item_id: Identifier
@@ -35,7 +60,7 @@ class Item(StrictModel):
     rank: int = Field(ge=1, le=10_000)
 
 
-class RequestContext(StrictModel):
+class RequestContext(ProducerModel):
     """What the user asked for: a free-text query and/or a stated goal, plus attributes."""
 
     query: Text | None = None
@@ -53,7 +78,7 @@ class RequestContext(StrictModel):
         return " — ".join(part for part in (self.query, self.user_goal) if part)
 
 
-class RecommendationEvent(StrictModel):
+class RecommendationEvent(ProducerModel):
     """One production recommendation: a request and the ranked items the model returned."""
 
     event_id: Identifier
@@ -126,23 +151,68 @@ def requests_from_sample(sample: Sample, max_items: int) -> list[JudgeRequest]:
     ]
 
 
-def parse_event(raw: bytes) -> RecommendationEvent:
-    """Parse one event from the wire, raising SchemaError that names the field and why.
+@dataclass(frozen=True)
+class ParsedEvent:
+    """An event that validated, and the dotted names of the fields it carried that we ignore."""
+
+    event: RecommendationEvent
+    unknown_fields: tuple[str, ...] = ()
+
+
+def parse_event(raw: bytes, unknown_fields: UnknownFields = "ignore") -> RecommendationEvent:
+    """Parse one event from the wire, raising SchemaError that names the field and why."""
+    return parse_event_report(raw, unknown_fields).event
+
+
+def parse_event_report(raw: bytes | None, unknown_fields: UnknownFields = "ignore") -> ParsedEvent:
+    """Parse one event and report the unknown fields it carried (``reject``: they are an error).
 
     Size and encoding are checked before JSON parsing so an oversized or non-UTF-8 payload gets
-    a specific reason rather than a generic parse error.
+    a specific reason rather than a generic parse error. A null value (a Kafka tombstone) and an
+    empty one are errors of their own (field ``<payload>``).
     """
+    if raw is None:
+        raise SchemaError("<payload>", "null value (a tombstone): an event needs a JSON object")
+    if not raw.strip():
+        raise SchemaError("<payload>", "empty value: an event needs a JSON object")
     if len(raw) > MAX_EVENT_BYTES:
         raise SchemaError("<payload>", f"event is {len(raw)} bytes, over the {MAX_EVENT_BYTES}-byte limit")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise SchemaError("<payload>", f"invalid UTF-8 at byte {error.start}") from None
-    _reject_duplicate_keys(text)
+    document = _document_without_duplicate_keys(text)
     try:
-        return RecommendationEvent.model_validate_json(raw)
+        event = RecommendationEvent.model_validate_json(raw)
     except ValidationError as error:
         raise describe_validation_error(error) from None
+    unknown = unknown_event_fields(document)
+    if unknown and unknown_fields == "reject":
+        raise SchemaError(
+            unknown[0], "unknown field (the worker runs with EVALLOOP_STREAM_UNKNOWN_FIELDS=reject)"
+        )
+    return ParsedEvent(event, unknown)
+
+
+def _unknown_keys(data: object, model: type[ProducerModel], path: str) -> list[str]:
+    if not isinstance(data, Mapping):
+        return []
+    known = set(model.model_fields)
+    return [f"{path}{key}" for key in data if key not in known]
+
+
+def unknown_event_fields(document: object) -> tuple[str, ...]:
+    """Dotted names of the fields of an event document the schema does not know, sorted.
+
+    Items' unknown fields are named once as ``items.<field>`` whichever items carry them.
+    """
+    found = set(_unknown_keys(document, RecommendationEvent, ""))
+    if isinstance(document, Mapping):
+        found.update(_unknown_keys(document.get("request"), RequestContext, "request."))
+        items = document.get("items")
+        for item in items if isinstance(items, list) else []:
+            found.update(_unknown_keys(item, Item, "items."))
+    return tuple(sorted(found))
 
 
 def _pairs_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -153,13 +223,14 @@ def _pairs_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
-def _reject_duplicate_keys(text: str) -> None:
+def _document_without_duplicate_keys(text: str) -> object:
     """Duplicate keys are valid JSON but ambiguous (parsers disagree on which wins): refuse them.
 
-    pydantic's parser silently keeps the last one, so this one extra stdlib parse checks first;
-    malformed JSON is left for pydantic to report with its position.
+    pydantic's parser silently keeps the last one, so this one extra stdlib parse checks first
+    (and its result names the unknown fields); malformed JSON is left for pydantic to report with
+    its position, and then there is no document (None).
     """
     try:
-        json.loads(text, object_pairs_hook=_pairs_without_duplicates)
+        return json.loads(text, object_pairs_hook=_pairs_without_duplicates)
     except (json.JSONDecodeError, RecursionError):
-        return  # pydantic reports these, with the position / its own depth limit
+        return None  # pydantic reports these, with the position / its own depth limit

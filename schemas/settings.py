@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+CompressionType = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 
 
 class TopicSpec(BaseModel):
@@ -58,6 +59,8 @@ class KafkaSettings(BaseModel):
     ssl_keyfile: Path | None = None
     ssl_key_password: SecretStr | None = None
     client_id: str = "evalloop"
+    #: Codec of the batches evalloop's own producers write (the worker reads all of them anyway).
+    compression_type: CompressionType = "none"
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> KafkaSettings:
@@ -87,6 +90,10 @@ class KafkaSettings(BaseModel):
         }
         config.update({key: value for key, value in optional.items() if value is not None})
         return config
+
+    def producer_config(self) -> dict[str, str]:
+        """``confluent_config`` plus the producer-only options (compression)."""
+        return {**self.confluent_config(), "compression.type": self.compression_type}
 
 
 class RedisSettings(BaseModel):

@@ -17,10 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol
 
 import faust
 from pydantic import ValidationError
@@ -39,8 +39,16 @@ from streams.config import (
     broker_urls,
     faust_config,
 )
-from streams.deadletter import DeadLetter, SourcePosition, dead_letter
+from streams.deadletter import DeadLetter, Reason, SourcePosition, dead_letter
+from streams.evaluation import (
+    LoopStateLike,
+    MemoryLoopState,
+    category_points,
+    close_out_point,
+    owned_categories,
+)
 from streams.notify import RetryPolicy, WebhookSender, WebhookTarget, deliver
+from streams.retry import MAX_RETRY_PAUSE_S, dead_lettering, until_done
 from streams.sampling import Sampler
 from streams.teacher_client import CircuitBreaker, TeacherClient
 
@@ -60,7 +68,6 @@ __all__ = [
     "Outputs",
     "Records",
     "StreamSettings",
-    "WatermarkSink",
     "broker_credentials",
     "broker_urls",
     "create_app",
@@ -96,12 +103,6 @@ class Outputs(Protocol):
     async def send(self, topic: str, records: Sequence[OutRecord]) -> None: ...
 
 
-class WatermarkSink(Protocol):
-    """Persists the aggregate stage's watermark (epoch seconds) so `evalloop status` can read it."""
-
-    def set_watermark(self, epoch: float) -> None: ...
-
-
 @dataclass
 class Components:
     """Everything the agents use, injected so unit tests can swap in fakes."""
@@ -116,8 +117,12 @@ class Components:
     breaker: CircuitBreaker | None = None
     webhooks: list[WebhookTarget] = field(default_factory=list)
     webhook_sender: WebhookSender | None = None
-    watermark_sink: WatermarkSink | None = None
+    loop_state: LoopStateLike = field(default_factory=MemoryLoopState)
     metrics: LoopMetrics = field(default_factory=LoopMetrics)
+    #: The judgments partitions this worker is assigned (None: all, e.g. without Kafka).
+    owned_partitions: Callable[[], frozenset[int] | None] = lambda: None
+    #: Wall clock (monotonic seconds) for the idleness rules; injected by tests.
+    clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
         self.sampler = Sampler(self.policy)
@@ -134,8 +139,12 @@ class Components:
         # after its boundary was evaluated still counts in the windows (and is counted as such).
         self.judgment_retention_s = float(self.stream.window_ttl_s)
         self.examples = pipeline.RecentExamples()
-        #: Event time (epoch) of the last alert evaluation: rules run at each bucket boundary.
-        self.last_evaluated: float | None = None
+        #: Per category, the earliest judgment event time this worker applied (where to start).
+        self.first_seen: dict[str, float] = {}
+        #: Wall time of the last judgment batch (or start): the idle close-out counts from it.
+        self.last_input_wall = self.clock()
+        #: Serialises evaluation between the aggregate agent and the idle timer.
+        self.evaluation_lock = asyncio.Lock()
 
     @property
     def topic_names(self) -> dict[str, str]:
@@ -154,7 +163,7 @@ class Components:
 # --------------------------------------------------------------------------- stage handlers
 
 
-async def handle_event(c: Components, raw: bytes, source: SourcePosition | None) -> str:
+async def handle_event(c: Components, raw: bytes | None, source: SourcePosition | None) -> str:
     """Stage 1 for one event; returns what happened (for tests and logs)."""
     c.metrics.add("events_seen")
     outcome = pipeline.validate(
@@ -163,11 +172,14 @@ async def handle_event(c: Components, raw: bytes, source: SourcePosition | None)
         watermark=c.event_watermark,
         retention_s=c.retention_s,
         max_future_s=c.stream.max_future_s,
+        unknown_fields=c.stream.unknown_fields,
     )
     if isinstance(outcome, DeadLetter):
         c.metrics.add("events_late" if outcome.reason == "late" else "events_invalid", reason=outcome.reason)
         await c.publish("dead_letters", [(None, outcome.to_bytes())])
         return f"dead_letter:{outcome.reason}"
+    for name in outcome.unknown_fields:
+        c.metrics.add("unknown_fields", field=name)
     if c.breaker is not None:
         c.sampler.shed_while(c.breaker.is_open)
     # Wall time: the budget protects the teacher's real capacity, which is measured in wall seconds.
@@ -186,13 +198,24 @@ async def handle_event(c: Components, raw: bytes, source: SourcePosition | None)
     return "sampled"
 
 
-async def handle_sample(c: Components, raw: bytes, source: SourcePosition | None) -> list[Judgment]:
+def _empty_reason(raw: bytes | None) -> Reason | None:
+    """'tombstone' for a null value, 'empty' for a blank one, else None."""
+    if raw is None:
+        return "tombstone"
+    return None if raw.strip() else "empty"
+
+
+async def handle_sample(c: Components, raw: bytes | None, source: SourcePosition | None) -> list[Judgment]:
     """Stage 2 for one sample: judge its items and publish the judgments keyed by category."""
     try:
+        if (empty := _empty_reason(raw)) is not None:
+            raise ValueError(f"{empty} value on the samples topic")
+        assert raw is not None
         chosen = Sample.model_validate_json(raw)
-    except ValidationError as error:
+    except (ValidationError, ValueError) as error:
         c.metrics.add("samples_invalid")
-        letter = dead_letter(raw, "schema", detail=f"bad sample: {str(error)[:500]}", source=source)
+        reason = _empty_reason(raw) or "schema"
+        letter = dead_letter(raw, reason, detail=f"bad sample: {str(error)[:500]}", source=source)
         await c.publish("dead_letters", [(None, letter.to_bytes())])
         return []
     requests = pipeline.to_requests(chosen, c.policy.sampling.max_items_per_event)
@@ -205,30 +228,40 @@ async def handle_sample(c: Components, raw: bytes, source: SourcePosition | None
     return judgments
 
 
+class BadRecord(NamedTuple):
+    """A record a stage could not parse: its bytes (None for a tombstone), reason and why."""
+
+    raw: bytes | None
+    reason: Reason
+    detail: str
+
+
 def _parse_judgments(
-    raws: Sequence[bytes], partitions: Sequence[int]
-) -> tuple[list[Judgment], list[tuple[bytes, str]], list[int]]:
+    raws: Sequence[bytes | None], partitions: Sequence[int]
+) -> tuple[list[Judgment], list[BadRecord], list[int]]:
     good: list[Judgment] = []
-    bad: list[tuple[bytes, str]] = []
+    bad: list[BadRecord] = []
     parts: list[int] = []
     for raw, partition in zip(raws, partitions, strict=True):
+        empty = _empty_reason(raw)
+        if empty is not None or raw is None:
+            bad.append(BadRecord(raw, empty or "tombstone", f"{empty} value on the judgments topic"))
+            continue
         try:
             good.append(Judgment.model_validate_json(raw))
             parts.append(partition)
         except ValidationError as error:
-            bad.append((raw, str(error)[:500]))
+            bad.append(BadRecord(raw, "schema", f"bad judgment: {str(error)[:500]}"))
     return good, bad, parts
 
 
 async def handle_judgments(
-    c: Components, raws: Sequence[bytes], partitions: Sequence[int] | None = None
+    c: Components, raws: Sequence[bytes | None], partitions: Sequence[int] | None = None
 ) -> list[Alert]:
-    """Stage 3 for a batch: apply to the windows, then evaluate every category at the watermark."""
+    """Stage 3 for a batch: apply to the windows, then evaluate the owned categories at the watermark."""
     judgments, bad, parts = _parse_judgments(raws, partitions or [0] * len(raws))
-    letters = [dead_letter(raw, "schema", detail=f"bad judgment: {why}") for raw, why in bad]
-    if c.last_evaluated is not None:
-        behind = sum(1 for j in judgments if j.event_time.timestamp() < c.last_evaluated)
-        c.metrics.add("judgments_after_evaluation", behind)
+    letters = [dead_letter(b.raw, b.reason, detail=b.detail) for b in bad]
+    await asyncio.to_thread(_count_after_evaluation, c, judgments)
     result = await asyncio.to_thread(
         pipeline.aggregate, judgments, c.windows, c.judgment_watermark, c.judgment_retention_s, parts
     )
@@ -238,31 +271,72 @@ async def handle_judgments(
     c.metrics.add("judgments_late", len(result.late))
     await c.publish("dead_letters", [(None, letter.to_bytes()) for letter in letters])
     c.examples.add(judgments)
+    c.last_input_wall = c.clock()
+    if judgments:
+        for judgment in judgments:
+            seen = c.first_seen.get(judgment.category)
+            epoch = judgment.event_time.timestamp()
+            c.first_seen[judgment.category] = epoch if seen is None else min(seen, epoch)
+        latest = max(j.event_time.timestamp() for j in judgments)
+        await asyncio.to_thread(c.loop_state.note_event_time, latest)
     at = c.judgment_watermark.value
     if at is None:
         return []
-    if c.watermark_sink is not None:
-        await asyncio.to_thread(c.watermark_sink.set_watermark, at.timestamp())
-    points = pipeline.evaluation_points(c.last_evaluated, at.timestamp(), c.stream.bucket_seconds)
-    alerts: list[Alert] = []
-    for point in points:
-        alerts += await asyncio.to_thread(_evaluate_all, c, pipeline.utc_from_epoch(point), result.categories)
-    c.last_evaluated = points[-1] if points else c.last_evaluated
-    for alert in alerts:
-        c.metrics.add("alerts_emitted", category=alert.category, state=alert.state)
-        log.warning("alert %s %s %s", alert.state, alert.rule, alert.category)
-    await c.publish("alerts", [(a.dedup_key.encode(), pipeline.alert_bytes(a)) for a in alerts])
-    await _notify(c, alerts)
+    return await evaluate_until(c, at.timestamp(), result.categories)
+
+
+def _count_after_evaluation(c: Components, judgments: Sequence[Judgment]) -> None:
+    marks = c.loop_state.evaluated_through(sorted({j.category for j in judgments}))
+    behind = sum(
+        1 for j in judgments if (m := marks.get(j.category)) is not None and j.event_time.timestamp() < m
+    )
+    c.metrics.add("judgments_after_evaluation", behind)
+
+
+async def handle_idle(c: Components) -> list[Alert]:
+    """The idle close-out (docs/alerts.md, "Quiet hours"): once no judgment has arrived for
+    ``idle_close_s``, evaluate the owned categories up to ``close_out_point`` of the latest
+    judgment any worker applied, as the backtest does at the end of its stream."""
+    if c.clock() - c.last_input_wall < c.stream.idle_close_s:
+        return []
+    latest = await asyncio.to_thread(c.loop_state.latest_event_time)
+    if latest is None:
+        return []
+    target = close_out_point(latest, c.stream.bucket_seconds)
+    alerts = await evaluate_until(c, target, frozenset())
+    if alerts:
+        c.metrics.add("idle_advances")
     return alerts
 
 
-def _evaluate_all(c: Components, at: Any, touched: frozenset[str]) -> list[Alert]:
-    # Every known category, not only those in this batch: a quiet category must still be able to
-    # resolve (or go stale) as the watermark moves on.
-    categories = sorted(set(c.windows.categories()) | touched)
+async def evaluate_until(c: Components, target: float, touched: frozenset[str]) -> list[Alert]:
+    """Evaluate the owned categories at every boundary up to ``target``; publish and notify."""
+    async with c.evaluation_lock:
+        await asyncio.to_thread(c.loop_state.set_watermark, target)
+        alerts = await asyncio.to_thread(_evaluate_owned, c, target, touched)
+        for alert in alerts:
+            c.metrics.add("alerts_emitted", category=alert.category, state=alert.state)
+            log.warning("alert %s %s %s", alert.state, alert.rule, alert.category)
+        await c.publish("alerts", [(a.dedup_key.encode(), pipeline.alert_bytes(a)) for a in alerts])
+        await _notify(c, alerts)
+    return alerts
+
+
+def _evaluate_owned(c: Components, target: float, touched: frozenset[str]) -> list[Alert]:
+    # Every known category this worker owns, not only those in this batch: a quiet category must
+    # still be able to resolve as the watermark moves on.
+    partitions = c.settings.topics.judgments.partitions
+    known = set(c.windows.categories()) | touched
+    categories = owned_categories(known, partitions, c.owned_partitions())
+    marks = c.loop_state.evaluated_through(categories)
     alerts: list[Alert] = []
     for category in categories:
-        alerts += pipeline.evaluate_alerts(category, c.policy, c.windows, c.alert_states, at, c.examples)
+        points = category_points(marks[category], c.first_seen.get(category), target, c.stream.bucket_seconds)
+        for point in points:
+            at = pipeline.utc_from_epoch(point)
+            alerts += pipeline.evaluate_alerts(category, c.policy, c.windows, c.alert_states, at, c.examples)
+        if points:
+            c.loop_state.set_evaluated_through(category, points[-1])
     return alerts
 
 
@@ -347,35 +421,35 @@ def create_app(components: Components, *, faust_app: Any = None) -> EvalloopApp:
     }
     if components.outputs is None:
         components.outputs = FaustOutputs({spec.name: topics[name] for name, spec in specs.items()})
+    if faust_app is None:
+        components.owned_partitions = assigned_partitions(app, settings.topics.judgments.name)
     loop = EvalloopApp(app=app, topics=topics, components=components)
     _add_agents(loop)
     _add_timer(loop)
     return loop
 
 
-T = TypeVar("T")
-#: Longest pause between retries of a failing stage (Redis or Kafka away).
-MAX_RETRY_PAUSE_S = 30.0
+async def aggregate_batch(
+    c: Components, raws: Sequence[bytes | None], partitions: Sequence[int], sources: Sequence[SourcePosition]
+) -> int:
+    """Stage 3 over a batch; if the batch keeps failing for a record's own reason, each record is
+    retried alone so only the one(s) at fault are dead-lettered."""
+    whole = partial(handle_judgments, c, raws, partitions)
 
+    async def one_by_one(_: BaseException) -> list[Alert]:
+        alerts: list[Alert] = []
+        for raw, partition, source in zip(raws, partitions, sources, strict=True):
+            single = partial(handle_judgments, c, [raw], [partition])
+            alerts += await until_done(
+                c, "aggregate", single, dead_lettering(c, "aggregate", raw, source, [])
+            )
+        return alerts
 
-async def until_done(c: Components, stage: str, step: Callable[[], Awaitable[T]]) -> T:
-    """Run ``step`` until it succeeds, backing off, so a failing dependency stalls the stage.
-
-    A Faust agent that raises is restarted past the records it held, which loses them; every
-    stage is idempotent downstream (deterministic judgment ids, seen-markers, check-and-set alert
-    state), so retrying the same records is safe, and stalling is the at-least-once choice.
-    """
-    pause = 0.5
-    while True:
-        try:
-            return await step()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            c.metrics.add("stage_retries", stage=stage)
-            log.exception("stage %s failed; retrying in %.1fs", stage, pause)
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, MAX_RETRY_PAUSE_S)
+    if len(raws) == 1:
+        return len(
+            await until_done(c, "aggregate", whole, dead_lettering(c, "aggregate", raws[0], sources[0], []))
+        )
+    return len(await until_done(c, "aggregate", whole, one_by_one))
 
 
 def _add_agents(loop: EvalloopApp) -> None:
@@ -384,18 +458,21 @@ def _add_agents(loop: EvalloopApp) -> None:
     async def validate_and_sample(stream: Any) -> Any:
         async for event in stream.events():
             raw, source = event.value, _position(event)
-            yield await until_done(c, "validate", partial(handle_event, c, raw, source))
+            step = partial(handle_event, c, raw, source)
+            yield await until_done(
+                c, "validate", step, dead_lettering(c, "validate", raw, source, "processing_error")
+            )
 
     async def judge(stream: Any) -> Any:
         async for event in stream.events():
             raw, source = event.value, _position(event)
-            yield len(await until_done(c, "judge", partial(handle_sample, c, raw, source)))
+            step = partial(handle_sample, c, raw, source)
+            yield len(await until_done(c, "judge", step, dead_lettering(c, "judge", raw, source, [])))
 
     async def aggregate_and_alert(stream: Any) -> Any:
         async for events in stream.take_events(c.stream.aggregate_batch, within=c.stream.aggregate_within_s):
             values, partitions = [e.value for e in events], [source_partition(e) for e in events]
-            alerts = await until_done(c, "aggregate", partial(handle_judgments, c, values, partitions))
-            yield len(alerts)
+            yield await aggregate_batch(c, values, partitions, [_position(e) for e in events])
 
     loop.validate_agent = app.agent(topics["events"], name="evalloop.validate_and_sample")(
         validate_and_sample
@@ -414,4 +491,21 @@ def _add_timer(loop: EvalloopApp) -> None:
     async def log_counters() -> None:
         log.info("evalloop counters %s", c.metrics.snapshot())
 
+    async def close_out_when_idle() -> None:
+        await until_done(c, "idle", partial(handle_idle, c))
+
     loop.app.timer(c.stream.log_interval_s, name="evalloop.log_counters")(log_counters)
+    loop.app.timer(c.stream.idle_check_s, name="evalloop.idle_close_out")(close_out_when_idle)
+
+
+def assigned_partitions(app: Any, topic: str) -> Callable[[], frozenset[int] | None]:
+    """The partitions of ``topic`` the Faust consumer is assigned now (empty while rebalancing)."""
+
+    def owned() -> frozenset[int] | None:
+        try:
+            assignment = app.consumer.assignment()
+        except (AttributeError, RuntimeError):  # consumer not started yet: own nothing for now
+            return frozenset()
+        return frozenset(tp.partition for tp in assignment if tp.topic == topic)
+
+    return owned

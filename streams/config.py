@@ -15,6 +15,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.events import UnknownFields
 from schemas.settings import KafkaSettings, Settings
 
 #: Counters of the loop (OpenTelemetry ``evalloop.<name>``); attributes add category/reason.
@@ -35,6 +36,9 @@ COUNTER_NAMES = (
     "alerts_emitted",
     "webhook_failures",
     "stage_retries",
+    "unknown_fields",
+    "processing_errors",
+    "idle_advances",
 )
 
 
@@ -46,6 +50,11 @@ class StreamSettings(BaseSettings):
     )
 
     app_id: str = Field(default="evalloop", pattern=r"^[A-Za-z0-9._-]+$")
+    #: Fields an event carries that the schema does not know: ``ignore`` (counted) or ``reject``.
+    unknown_fields: UnknownFields = "ignore"
+    #: Attempts at a record that fails for its own reason before it is dead-lettered
+    #: (``processing_error``); a dependency being away is retried until it is back.
+    record_attempts: int = Field(default=3, ge=1, le=100)
     #: Event-time lateness the watermark allows; windows are evaluated at max event time − this.
     allowed_lateness_s: float = Field(default=600.0, ge=0.0)
     #: Older than watermark − retention → dead letter "late"; None: the policy's longest window.
@@ -69,6 +78,11 @@ class StreamSettings(BaseSettings):
     log_interval_s: float = Field(default=30.0, gt=0.0)
     #: A partition silent this long (wall seconds) stops holding the event-time watermark back.
     partition_idle_s: float = Field(default=10.0, gt=0.0)
+    #: No judgment for this long (wall seconds): the input is caught up, the watermark closes out
+    #: the last bucket and the rules run to the end (docs/alerts.md, "Quiet hours").
+    idle_close_s: float = Field(default=15.0, gt=0.0)
+    #: How often (wall seconds) the aggregate stage checks for idleness while no judgment arrives.
+    idle_check_s: float = Field(default=1.0, gt=0.0)
     broker_session_timeout_s: float = 10.0
     broker_heartbeat_interval_s: float = 1.0
     broker_rebalance_timeout_s: float = 10.0
@@ -149,6 +163,9 @@ def faust_config(settings: Settings, stream: StreamSettings) -> dict[str, Any]:
         "broker_request_timeout": stream.broker_request_timeout_s,
         "broker_commit_interval": stream.commit_interval_s,
         "producer_acks": -1,
+        "producer_compression_type": None
+        if settings.kafka.compression_type == "none"
+        else settings.kafka.compression_type,
         "logging_config": None,
     }
     credentials = broker_credentials(settings.kafka)

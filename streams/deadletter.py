@@ -25,6 +25,10 @@ Reason = Literal[
     "schema",
     "late",
     "future",
+    "tombstone",
+    "empty",
+    "unknown_field",
+    "processing_error",
 ]
 
 MAX_DETAIL_CHARS = 2000
@@ -65,11 +69,23 @@ class DeadLetter(BaseModel):
         return self.model_dump_json().encode("utf-8")
 
 
+_PAYLOAD_REASONS: tuple[tuple[str, Reason], ...] = (
+    ("tombstone", "tombstone"),
+    ("empty value", "empty"),
+    ("UTF-8", "invalid_utf8"),
+)
+
+
 def classify(error: SchemaError) -> Reason:
     """Map a parse error to a stable reason token (the free text stays in ``detail``)."""
     text = error.reason
     if error.field == "<payload>":
-        return "invalid_utf8" if "UTF-8" in text else "oversized"
+        for token, reason in _PAYLOAD_REASONS:
+            if token in text:
+                return reason
+        return "oversized"
+    if "EVALLOOP_STREAM_UNKNOWN_FIELDS=reject" in text:
+        return "unknown_field"
     if "Invalid JSON" in text or "json_invalid" in text:
         return "malformed_json"
     if "Field required" in text:
@@ -80,7 +96,7 @@ def classify(error: SchemaError) -> Reason:
 
 
 def dead_letter(
-    raw: bytes,
+    raw: bytes | None,
     reason: Reason,
     *,
     field: str = "",
@@ -89,8 +105,9 @@ def dead_letter(
     source: SourcePosition | None = None,
     now: datetime | None = None,
 ) -> DeadLetter:
-    """Build a dead letter for ``raw``; ``now`` defaults to the current UTC time."""
+    """Build a dead letter for ``raw`` (None for a tombstone); ``now`` defaults to the current UTC time."""
     position = source or SourcePosition()
+    raw = raw or b""
     return DeadLetter(
         reason=reason,
         field=field,
@@ -106,7 +123,7 @@ def dead_letter(
 
 
 def from_schema_error(
-    raw: bytes, error: SchemaError, source: SourcePosition | None = None, now: datetime | None = None
+    raw: bytes | None, error: SchemaError, source: SourcePosition | None = None, now: datetime | None = None
 ) -> DeadLetter:
     """A dead letter for an event that failed ``parse_event``."""
     return dead_letter(raw, classify(error), field=error.field, detail=str(error), source=source, now=now)

@@ -16,7 +16,14 @@ from typing import Any, Protocol
 
 from schemas.alerts import Alert, AlertExample
 from schemas.base import SchemaError
-from schemas.events import JudgeRequest, RecommendationEvent, Sample, parse_event, requests_from_sample
+from schemas.events import (
+    JudgeRequest,
+    RecommendationEvent,
+    Sample,
+    UnknownFields,
+    parse_event_report,
+    requests_from_sample,
+)
 from schemas.judgments import Judgment
 from schemas.policy import AlertRule, Policy
 from streams.alerting import (
@@ -45,19 +52,21 @@ RECENT_PER_CATEGORY = 200
 
 @dataclass(frozen=True)
 class Valid:
-    """An event that parsed and validated."""
+    """An event that parsed and validated, with the unknown fields it carried (ignored)."""
 
     event: RecommendationEvent
+    unknown_fields: tuple[str, ...] = ()
 
 
 def validate(
-    raw: bytes,
+    raw: bytes | None,
     source: SourcePosition | None = None,
     *,
     watermark: WatermarkLike | None = None,
     retention_s: float | None = None,
     now: datetime | None = None,
     max_future_s: float | None = None,
+    unknown_fields: UnknownFields = "ignore",
 ) -> Valid | DeadLetter:
     """Parse ``raw``; a bad or too-late event becomes a DeadLetter naming the reason.
 
@@ -66,9 +75,10 @@ def validate(
     watermark is a running maximum, does not move it.
     """
     try:
-        event = parse_event(raw)
+        parsed = parse_event_report(raw, unknown_fields)
     except SchemaError as error:
         return from_schema_error(raw, error, source, now)
+    event = parsed.event
     if max_future_s is not None and _too_far_ahead(event.event_time, now, max_future_s):
         # One event from a clock that is years ahead would drag the watermark with it and make
         # every real event "late" from then on: refuse it before it is observed.
@@ -89,7 +99,7 @@ def validate(
                 now=now,
             )
         observe(watermark, event.event_time, source.partition if source else None)
-    return Valid(event)
+    return Valid(event, parsed.unknown_fields)
 
 
 def _too_far_ahead(event_time: datetime, now: datetime | None, max_future_s: float) -> bool:

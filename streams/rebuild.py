@@ -331,8 +331,13 @@ def rebuild(
         counts.alert_states_restored = sum(1 for s in restored.values() if s.state != "ok")
         counts.mismatches = compare_with_alerts(restored, announced)
         if judgments:
-            mark = max(j.event_time.timestamp() for j in judgments) - allowed_lateness_s
-            LoopStateStore(client, prefix).set_watermark(mark)
+            latest = max(j.event_time.timestamp() for j in judgments)
+            mark = latest - allowed_lateness_s
+            loop_state = LoopStateStore(client, prefix)
+            loop_state.set_watermark(mark)
+            loop_state.note_event_time(latest)
+            for category in categories if boundaries else ():
+                loop_state.set_evaluated_through(category, boundaries[-1])
             counts.watermark = pipeline.utc_from_epoch(mark).isoformat()
     finally:
         client.close()

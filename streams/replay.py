@@ -242,8 +242,7 @@ def make_producer(settings: Settings) -> Producer:
     """An idempotent confluent-kafka producer for the configured cluster."""
     from confluent_kafka import Producer as KafkaProducer
 
-    config: dict[str, Any] = dict(settings.kafka.confluent_config())
-    # No lz4/snappy/zstd: the Faust worker (aiokafka) can only decode them with optional libraries.
+    config: dict[str, Any] = dict(settings.kafka.producer_config())
     config.update({"enable.idempotence": True, "acks": "all", "linger.ms": 5})
     producer: Producer = KafkaProducer(config)  # type: ignore[assignment]  # stubs are wider than the Protocol
     return producer

@@ -44,12 +44,27 @@ def redis_from_settings(
 
 
 class LoopStateStore:
-    """Loop-wide state in Redis beside the windows: the aggregate stage's watermark."""
+    """Loop-wide state in Redis beside the windows (``streams.evaluation.LoopStateLike``).
+
+    ``{prefix}:loop:watermark`` the aggregate stage's watermark, ``{prefix}:loop:latest_event_time``
+    the latest judgment event time applied, ``{prefix}:loop:evaluated:{category}`` the last
+    boundary a category's rules were evaluated at. Each only ever moves forward (several workers).
+    """
 
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.redis = client
+        self.prefix = prefix
         self.key = f"{prefix}:loop:watermark"
+        self.latest_key = f"{prefix}:loop:latest_event_time"
         self._max = client.register_script(_MAX_LUA)
+
+    def evaluated_key(self, category: str) -> str:
+        """``{prefix}:loop:evaluated:{category}``."""
+        return f"{self.prefix}:loop:evaluated:{category}"
+
+    def _get_float(self, key: str) -> float | None:
+        raw = self.redis.get(key)
+        return float(raw) if raw is not None else None
 
     def set_watermark(self, epoch: float) -> None:
         """Store ``epoch`` unless a later watermark is already stored (several workers)."""
@@ -57,8 +72,26 @@ class LoopStateStore:
 
     def get_watermark(self) -> float | None:
         """The stored watermark (epoch seconds), or None before any judgment was aggregated."""
-        raw = self.redis.get(self.key)
-        return float(raw) if raw is not None else None
+        return self._get_float(self.key)
+
+    def note_event_time(self, epoch: float) -> None:
+        """Record the latest judgment event time applied (max over workers)."""
+        self._max(keys=[self.latest_key], args=[repr(float(epoch))])
+
+    def latest_event_time(self) -> float | None:
+        """The latest judgment event time any worker applied."""
+        return self._get_float(self.latest_key)
+
+    def evaluated_through(self, categories: list[str]) -> dict[str, float | None]:
+        """Each category's last evaluated boundary (None: never evaluated)."""
+        if not categories:
+            return {}
+        raws = self.redis.mget([self.evaluated_key(c) for c in categories])
+        return {c: float(raw) if raw is not None else None for c, raw in zip(categories, raws, strict=True)}
+
+    def set_evaluated_through(self, category: str, epoch: float) -> None:
+        """Advance ``category``'s mark to ``epoch`` (never backwards)."""
+        self._max(keys=[self.evaluated_key(category)], args=[repr(float(epoch))])
 
 
 def _share(stats: WindowStats, display: str) -> dict[str, float]:

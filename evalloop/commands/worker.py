@@ -75,7 +75,7 @@ def build(policy_path: Path | None = None) -> Any:
         breaker=breaker,
         webhooks=webhooks,
         webhook_sender=HttpxWebhookSender(httpx.Client()) if webhooks else None,
-        watermark_sink=LoopStateStore(client, prefix),
+        loop_state=LoopStateStore(client, prefix),
     )
     return create_app(components)
 

@@ -52,6 +52,20 @@ def test_worker_crashes_and_replica_kill_lose_nothing(
     assert figures["mismatches"] == 0
 
 
+def test_three_workers_one_killed_and_rejoined_equal_the_backtest(
+    kafka_bootstrap: str, redis_client: object, tmp_path: Path, report_figures: Callable[..., None]
+) -> None:
+    figures = _run("reliability.scale_out", ["--workers", "3"], tmp_path / "scale.json", timeout_s=540)
+    report_figures("scale out (3 workers, kill -9, rejoin)", {k: v for k, v in figures.items() if k != "actions"})
+    assert figures["kills"] == 1 and figures["rejoins"] == 1 and figures["workers_alive_after"] == 3
+    assert figures["drained"] is True
+    assert figures["judgments_distinct"] == figures["pairs_expected"]
+    assert figures["window_mismatches_vs_backtest"] == 0 and figures["window_mismatches_vs_topic"] == 0
+    assert figures["alerts_firing"] >= 1, "no alert fired: paging once was not exercised"
+    assert figures["duplicate_firings"] == 0 and figures["repages"] == 0
+    assert figures["mismatches"] == 0
+
+
 def test_kafka_and_redis_restarts_lose_nothing_and_do_not_repage(
     tmp_path: Path, report_figures: Callable[..., None]
 ) -> None:

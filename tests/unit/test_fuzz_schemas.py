@@ -26,7 +26,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 
 from schemas.base import MAX_EVENT_TIME, MIN_EVENT_TIME, SchemaError
 from schemas.events import MAX_EVENT_BYTES, MAX_ITEMS_PER_EVENT, RecommendationEvent, parse_event
-from streams.deadletter import DeadLetter
+from streams.deadletter import DeadLetter, Reason
 from streams.pipeline import Valid, validate
 
 #: Examples tried per property, by test name (filled as the tests run, summarised at teardown).
@@ -48,15 +48,7 @@ FUZZ = settings(
 FEW = settings(FUZZ, max_examples=40)
 #: A property whose counter ends below this share of max_examples did not really run.
 MIN_SHARE = 0.5
-REASONS = {
-    "oversized",
-    "invalid_utf8",
-    "malformed_json",
-    "missing_field",
-    "absurd_timestamp",
-    "schema",
-    "late",
-}
+REASONS = set(get_args(Reason))
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 

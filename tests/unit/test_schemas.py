@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from schemas.base import SchemaError
-from schemas.events import MAX_EVENT_BYTES, RecommendationEvent, Sample, parse_event
+from schemas.events import MAX_EVENT_BYTES, RecommendationEvent, Sample, parse_event, parse_event_report
 from schemas.export import expected_files
 from schemas.judgments import Judgment, judgment_id_for
 
@@ -70,7 +70,6 @@ def test_good_event_parses() -> None:
         (_with("items.1.item_id", "p1"), "items", "appears twice"),
         (_with("items.0.title", ""), "items.0.title", "at least 1"),
         (_with("request", {"attributes": {}}), "request", "query or a user_goal"),
-        (_with("surprise", 1), "surprise", "Extra inputs"),
         (_with("items.0.title", "t" * 2001), "items.0.title", "at most 2000"),
     ],
 )
@@ -81,6 +80,40 @@ def test_bad_events_name_the_field(raw: bytes, field: str, reason_part: str) -> 
         assert caught.value.field == field
         assert str(caught.value).startswith(field)
     assert reason_part in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "unknown"),
+    [
+        ("experiment_arm", "B", ("experiment_arm",)),
+        ("items.0.price", 19.99, ("items.price",)),
+        ("request.locale", "en-GB", ("request.locale",)),
+    ],
+)
+def test_unknown_fields_are_ignored_and_named_or_rejected(
+    path: str, value: Any, unknown: tuple[str, ...]
+) -> None:
+    raw = _with(path, value)
+    parsed = parse_event_report(raw)
+    assert parsed.unknown_fields == unknown
+    assert parsed.event == parse_event(json.dumps(GOOD_EVENT).encode())  # the added field is ignored
+    with pytest.raises(SchemaError) as caught:
+        parse_event_report(raw, "reject")
+    assert caught.value.field == unknown[0]
+    assert "EVALLOOP_STREAM_UNKNOWN_FIELDS=reject" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [(None, "tombstone"), (b"", "empty"), (b"  \n", "empty"), (b"{}", "missing_field")],
+)
+def test_tombstones_and_empty_values_have_their_own_reasons(raw: bytes | None, reason: str) -> None:
+    from streams.deadletter import DeadLetter
+    from streams.pipeline import validate
+
+    letter = validate(raw)
+    assert isinstance(letter, DeadLetter) and letter.reason == reason
+    assert letter.original() == (raw or b"")
 
 
 def test_sample_probability_bounds() -> None:
