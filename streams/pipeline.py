@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -137,9 +137,12 @@ class PartitionedWatermark:
 
     Partitions are consumed independently; with a single max-based watermark a partition drained
     early (a replay at full speed) would push the watermark past another partition's data, which
-    would then expire as "late" and alerts would be evaluated only at the end. A partition that
-    has delivered nothing for ``idle_s`` wall seconds (or never did, ``idle_s`` after the first
-    observation) stops holding the watermark back: it may be idle or owned by another worker.
+    would then expire as "late" and alerts would be evaluated only at the end. A partition stops
+    holding the watermark back when it is *idle*: it has delivered nothing for ``idle_s`` wall
+    seconds (or never did, ``idle_s`` after the first observation) AND ``caught_up(partition)``
+    says it has nothing left to read (its consumer is at the end, or it is another worker's).
+    Silence alone is not idleness: a partition whose backlog simply has not been fetched yet
+    while another is drained is behind, not idle, and must not let the watermark run past it.
     """
 
     def __init__(
@@ -148,11 +151,13 @@ class PartitionedWatermark:
         partitions: int = 1,
         idle_s: float = 10.0,
         clock: Any = time.monotonic,
+        caught_up: Callable[[int], bool] | None = None,
     ) -> None:
         self.allowed_lateness_s = allowed_lateness_s
         self.partitions = partitions
         self.idle_s = idle_s
         self._clock = clock
+        self.caught_up: Callable[[int], bool] = caught_up or (lambda _partition: True)
         self._marks: dict[int, Watermark] = {}
         self._last_seen: dict[int, float] = {}
         self._started: float | None = None
@@ -164,6 +169,11 @@ class PartitionedWatermark:
         self._marks.setdefault(partition, Watermark(self.allowed_lateness_s)).observe(event_time)
         self._last_seen[partition] = now
 
+    def _idle(self, partition: int, now: float) -> bool:
+        assert self._started is not None
+        last = self._last_seen.get(partition, self._started)
+        return now - last >= self.idle_s and self.caught_up(partition)
+
     @property
     def value(self) -> datetime | None:
         """Min over partitions still holding the watermark back; None while one is unknown."""
@@ -172,10 +182,9 @@ class PartitionedWatermark:
         now = self._clock()
         values: list[datetime] = []
         for partition in set(range(self.partitions)) | set(self._marks):
+            if self._idle(partition, now):
+                continue  # idle and caught up, or another worker's: do not wait for it
             mark = self._marks.get(partition)
-            last = self._last_seen.get(partition, self._started)
-            if now - last >= self.idle_s:
-                continue  # idle, or never assigned here: do not wait for it
             if mark is None or mark.value is None:
                 return None
             values.append(mark.value)

@@ -56,7 +56,9 @@ def test_three_workers_one_killed_and_rejoined_equal_the_backtest(
     kafka_bootstrap: str, redis_client: object, tmp_path: Path, report_figures: Callable[..., None]
 ) -> None:
     figures = _run("reliability.scale_out", ["--workers", "3"], tmp_path / "scale.json", timeout_s=540)
-    report_figures("scale out (3 workers, kill -9, rejoin)", {k: v for k, v in figures.items() if k != "actions"})
+    report_figures(
+        "scale out (3 workers, kill -9, rejoin)", {k: v for k, v in figures.items() if k != "actions"}
+    )
     assert figures["kills"] == 1 and figures["rejoins"] == 1 and figures["workers_alive_after"] == 3
     assert figures["drained"] is True
     assert figures["judgments_distinct"] == figures["pairs_expected"]

@@ -282,7 +282,7 @@ def test_every_counter_the_stages_add_is_registered() -> None:
 
     from streams.app import COUNTER_NAMES
 
-    source = (ROOT / "streams" / "app.py").read_text(encoding="utf-8")
+    source = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "streams").glob("*.py"))
     used = set(re.findall(r'metrics\.add\(\s*"([a-z_]+)"', source))
     used |= {"shed", "not_sampled", "judged_ok", "judged_error", "events_late", "events_invalid"}
     assert used <= set(COUNTER_NAMES), used - set(COUNTER_NAMES)
