@@ -22,8 +22,8 @@ from schemas.events import RecommendationEvent, parse_event
 from schemas.judgments import Judgment
 from schemas.policy import Policy
 from streams import pipeline
-from streams.replay import Degradation, build_records, read_lines
 from streams.evaluation import close_out_point
+from streams.replay import Degradation, build_records, read_lines
 from streams.sampling import Sampler
 from streams.windows import WindowAggregate, WindowStats, bucket_start, counter_updates, merge_counts
 

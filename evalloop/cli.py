@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
 
 from evalloop import commands
+from evalloop.failures import describe_failure
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,14 +35,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: parse ``argv`` and run the chosen subcommand."""
+    """Entry point: parse ``argv`` and run the chosen subcommand.
+
+    A failure prints one line (``evalloop.failures``) and a non-zero exit code, never a
+    traceback; ``EVALLOOP_DEBUG=1`` re-raises instead.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()
         return 2
-    exit_code: int = func(args)
+    try:
+        exit_code: int = func(args)
+    except KeyboardInterrupt:
+        print(f"evalloop {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if os.environ.get("EVALLOOP_DEBUG") == "1":
+            raise
+        failure = describe_failure(error)
+        print(f"evalloop {args.command}: {failure.line}", file=sys.stderr)
+        return failure.exit_code
     return exit_code
 
 

@@ -91,9 +91,11 @@ class AlertFeed:
     def _consume(self) -> None:
         from confluent_kafka import Consumer
 
+        from streams.services import kafka_client_config
+
         consumer = Consumer(
             {
-                **self.settings.kafka.confluent_config(),
+                **kafka_client_config(self.settings),
                 "group.id": f"{self.settings.redis.key_prefix}-feed",
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,
@@ -155,7 +157,7 @@ def _status_line(report: dict[str, Any], watermark: float | None) -> str:
     from streams.status import render_table
 
     at = datetime.fromtimestamp(watermark, UTC).strftime("%H:%M") if watermark else "--:--"
-    judged = sum(row["judged"] for row in report.values())
+    judged = sum(row["judged"] for row in report["categories"].values())
     header = f"--- event time {at} (watermark), {judged} judged in the last hour's window ---"
     return f"\n{header}\n{render_table(report)}"
 
@@ -181,7 +183,7 @@ class LiveStatus:
         return collect(self.settings, self.policy, self.client, window_s)
 
     def judged_total(self) -> int:
-        return sum(row["judged"] for row in self.report(48 * 3600).values())
+        return sum(row["judged"] for row in self.report(48 * 3600)["categories"].values())
 
 
 def wait_until(

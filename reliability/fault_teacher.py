@@ -140,6 +140,11 @@ def _handler(state: FaultState) -> type[BaseHTTPRequestHandler]:
     # HTTP/1.0 (the default): one request per connection, so ``stop()`` really refuses the next
     # call instead of a pooled keep-alive connection still reaching a handler thread.
     class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            """The Serve info (the worker's start-up check); faults apply to judging only."""
+            info = {"teacher_version": "fault-teacher", **state.policy.identity(), "healthy": True}
+            self._send(200, json.dumps(info).encode())
+
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             requests = [JudgeRequest.model_validate(r) for r in json.loads(body)["requests"]]

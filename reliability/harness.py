@@ -92,7 +92,7 @@ def write_test_policy(directory: Path) -> Path:
 def make_run(
     base: Settings, policy_path: Path, teacher_url: str, tag: str, partitions: dict[str, int] | None = None
 ) -> LoopRun:
-    """Run-specific topics (``partitions`` per stage), consumer group and Redis prefix on ``base``'s services."""
+    """Run-specific topics (``partitions`` per stage), consumer group and Redis prefix on ``base``."""
     names = run_names(tag)
     env = {
         **common_env(names, policy_path, teacher_url),
@@ -394,12 +394,20 @@ def noop_teacher_server(policy: Policy) -> ThreadingHTTPServer:
 
     teacher = NoopTeacher(policy)
 
+    info = json.dumps({"teacher_version": teacher.teacher_version, **policy.identity(), "healthy": True})
+
     class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            """The Serve info: what the worker checks at start-up."""
+            self._send(info.encode())
+
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             requests = [JudgeRequest.model_validate(item) for item in body["requests"]]
             judged = [j.model_dump_json() for j in teacher.judge(requests)]
-            payload = ('{"judgments":[' + ",".join(judged) + "]}").encode()
+            self._send(('{"judgments":[' + ",".join(judged) + "]}").encode())
+
+        def _send(self, payload: bytes) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -151,6 +152,9 @@ class Gate2Thresholds(_PolicyModel):
 
     min_kappa: float = Field(default=0.6, gt=-1.0, le=1.0)
     weights: Literal["quadratic", "linear", "none"] = "quadratic"
+    #: Too little evidence cannot PASS: fewer labelled pairs or queries than this is INSUFFICIENT.
+    min_pairs: int = Field(default=200, ge=1)
+    min_queries: int = Field(default=10, ge=1)
 
 
 class Gates(_PolicyModel):
@@ -286,6 +290,15 @@ class Policy(_PolicyModel):
     def failure_mode_ids(self) -> list[str]:
         return [mode.id for mode in self.failure_modes]
 
+    def identity(self) -> dict[str, Any]:
+        """What a teacher must serve to grade for this policy (the Serve ``info`` carries it)."""
+        return {
+            "policy_name": self.name,
+            "policy_version": self.version,
+            "grades": self.grades,
+            "failure_modes": sorted(self.failure_mode_ids()),
+        }
+
     def sample_rate(self, category: str) -> float:
         """The category's sampling rate, or the default for categories the policy doesn't list."""
         for known in self.categories:
@@ -296,6 +309,27 @@ class Policy(_PolicyModel):
     def rules_for(self, category: str) -> list[AlertRule]:
         """Alert rules that apply to ``category``."""
         return [rule for rule in self.alerts if rule.categories is None or category in rule.categories]
+
+
+def identity_mismatch(
+    served: Mapping[str, Any], policy: Policy, allow_version_bump: bool = False
+) -> str | None:
+    """Why a teacher serving ``served`` (its info) cannot grade for ``policy``, or None.
+
+    Name, scale and failure-mode ids must match; a different version only with
+    ``allow_version_bump`` (same name, scale and taxonomy: a compatible bump).
+    """
+    wanted = policy.identity()
+    for key in ("policy_name", "grades", "failure_modes"):
+        got = sorted(served.get(key) or []) if key == "failure_modes" else served.get(key)
+        if got != wanted[key]:
+            return f"the teacher serves {key} {got!r}, the policy has {wanted[key]!r}"
+    if served.get("policy_version") != policy.version and not allow_version_bump:
+        return (
+            f"the teacher serves policy version {served.get('policy_version')!r}, the worker runs "
+            f"{policy.version!r} (same name, scale and taxonomy: --allow-policy-version-bump accepts it)"
+        )
+    return None
 
 
 def parse_policy(data: Any) -> Policy:

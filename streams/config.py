@@ -65,6 +65,10 @@ class StreamSettings(BaseSettings):
     window_ttl_s: int = Field(default=2 * 86400, ge=60)
     judge_concurrency: int = Field(default=4, ge=1, le=256)
     teacher_url: str | None = None
+    #: At start-up, how long (wall seconds) to wait for the teacher to answer its info.
+    teacher_startup_wait_s: float = Field(default=60.0, ge=0.0)
+    #: Accept a teacher serving another version of the same policy (same name, scale, taxonomy).
+    allow_policy_version_bump: bool = False
     teacher_timeout_s: float = Field(default=30.0, gt=0.0)
     teacher_retries: int = Field(default=3, ge=0, le=20)
     teacher_max_concurrency: int = Field(default=8, ge=1, le=1024)

@@ -29,6 +29,7 @@ Reason = Literal[
     "empty",
     "unknown_field",
     "processing_error",
+    "skipped",
 ]
 
 MAX_DETAIL_CHARS = 2000

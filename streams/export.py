@@ -43,7 +43,9 @@ def training_row(judgment: Judgment) -> dict[str, Any]:
 def _consumer(settings: Settings, from_beginning: bool, group: str) -> Any:
     from confluent_kafka import Consumer
 
-    config: dict[str, Any] = dict(settings.kafka.confluent_config())
+    from streams.services import kafka_client_config
+
+    config: dict[str, Any] = kafka_client_config(settings)
     config.update(
         {
             "group.id": group,

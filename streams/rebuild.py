@@ -82,7 +82,9 @@ def read_topic(settings: Settings, topic: str, idle_timeout_s: float = 10.0) -> 
     """
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    config: dict[str, Any] = dict(settings.kafka.confluent_config())
+    from streams.services import kafka_client_config
+
+    config: dict[str, Any] = kafka_client_config(settings)
     config.update(
         {"group.id": "evalloop-rebuild", "enable.auto.commit": False, "auto.offset.reset": "earliest"}
     )

@@ -50,6 +50,8 @@ class ReplayCounts:
     """What a replay produced."""
 
     lines: int = 0
+    #: Records handed to the producer; ``produced`` counts only those the broker acknowledged.
+    sent: int = 0
     produced: int = 0
     unparsed: int = 0
     degraded_events: int = 0
@@ -220,6 +222,8 @@ def produce(
     def on_delivery(error: Any, _message: Any) -> None:
         if error is not None:
             counts.delivery_errors += 1
+        else:
+            counts.produced += 1
 
     for record in paced(records, speed):
         while True:
@@ -229,11 +233,11 @@ def produce(
             except BufferError:  # local queue full: serve callbacks and try again
                 producer.poll(0.1)
         producer.poll(0)
-        counts.produced += 1
+        counts.sent += 1
         if record.category:
             counts.by_category[record.category] = counts.by_category.get(record.category, 0) + 1
     remaining = producer.flush(60.0)
-    counts.delivery_errors += remaining
+    counts.delivery_errors += remaining  # never acknowledged: not produced
     counts.seconds = round(time.monotonic() - started, 3)
     return counts
 
@@ -242,7 +246,9 @@ def make_producer(settings: Settings) -> Producer:
     """An idempotent confluent-kafka producer for the configured cluster."""
     from confluent_kafka import Producer as KafkaProducer
 
-    config: dict[str, Any] = dict(settings.kafka.producer_config())
+    from streams.services import kafka_client_config
+
+    config: dict[str, Any] = kafka_client_config(settings, producer=True)
     config.update({"enable.idempotence": True, "acks": "all", "linger.ms": 5})
     producer: Producer = KafkaProducer(config)  # type: ignore[assignment]  # stubs are wider than the Protocol
     return producer

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -141,35 +142,52 @@ def category_status(
 def collect(
     settings: Settings, policy: Policy, client: redis.Redis, window_s: int, bucket_seconds: int = 300
 ) -> dict[str, Any]:
-    """Every known category's status, keyed by category, at the stored watermark."""
+    """Every known category's status at the stored watermark: ``{"as_of": ISO event time or None,
+    "latest_event_time": ISO or None, "categories": {category: figures}}``."""
     prefix = settings.redis.key_prefix
     windows = WindowStore(client, prefix, bucket_seconds=bucket_seconds)
     states = AlertStateStore(client, prefix)
-    at = LoopStateStore(client, prefix).get_watermark()
-    if at is None:
-        return {}
-    return {
-        category: category_status(category, windows, states, policy, window_s, at)
-        for category in sorted(windows.categories())
-    }
+    loop_state = LoopStateStore(client, prefix)
+    at, latest = loop_state.get_watermark(), loop_state.latest_event_time()
+    report: dict[str, Any] = {"as_of": _iso(at), "latest_event_time": _iso(latest), "categories": {}}
+    if at is not None:
+        report["categories"] = {
+            category: category_status(category, windows, states, policy, window_s, at)
+            for category in sorted(windows.categories())
+        }
+    return report
+
+
+def _iso(epoch: float | None) -> str | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat()
+
+
+def _alert_cell(row: dict[str, Any]) -> str:
+    # A rule that is firing on a window with no judgments in it holds its state ("no data"):
+    # too little evidence either way (docs/alerts.md), said so instead of shown as plain firing.
+    open_rules = [rule for rule, state in row["alerts"].items() if state in ("firing", "pending")]
+    if not open_rules:
+        return "ok"
+    return ",".join(open_rules) + (" (no data)" if row["judged"] == 0 else "")
 
 
 def render_table(report: dict[str, Any]) -> str:
-    """A fixed-width table of ``collect``'s report."""
-    if not report:
+    """A fixed-width table of ``collect``'s report, headed by the event time it is as of."""
+    rows: dict[str, Any] = report.get("categories", {})
+    if not rows:
         return "no judgments aggregated yet"
     header = (
         f"{'category':<30} {'judged':>6} {'err':>4} {'shown':>17} {'related':>17} {'filtered':>17}  alerts"
     )
-    lines = [header, "-" * len(header)]
-    for category, row in report.items():
+    title = f"as of {report['as_of']} (event-time watermark; latest judgment {report['latest_event_time']})"
+    lines = [title, header, "-" * len(header)]
+    for category, row in rows.items():
         cells = [f"{row[n]['share']:.2f} [{row[n]['lower']:.2f},{row[n]['upper']:.2f}]" for n, _ in SHARES]
-        firing = [rule for rule, state in row["alerts"].items() if state in ("firing", "pending")]
         modes = ", ".join(f"{m['failure_mode']}({m['count']})" for m in row["top_failure_modes"][:3])
         lines.append(
             f"{category[:30]:<30} {row['judged']:>6} {row['errors']:>4} "
             + " ".join(f"{cell:>17}" for cell in cells)
-            + f"  {','.join(firing) or 'ok'}"
+            + f"  {_alert_cell(row)}"
         )
         if modes:
             lines.append(f"{'':<30} top failure modes: {modes}")
@@ -177,7 +195,7 @@ def render_table(report: dict[str, Any]) -> str:
 
 
 def render_json(report: dict[str, Any]) -> str:
-    """One JSON object keyed by category."""
+    """One JSON object: ``as_of``, ``latest_event_time`` and ``categories`` keyed by category."""
     return json.dumps(report, ensure_ascii=False, sort_keys=True)
 
 

@@ -24,13 +24,13 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import httpx
 from pydantic import ValidationError
 
 from schemas.judgments import Judgment, judgment_id_for
-from schemas.policy import Policy
+from schemas.policy import Policy, identity_mismatch
 from streams.pipeline import TeacherRequest
 
 log = logging.getLogger(__name__)
@@ -327,3 +327,44 @@ def off_policy_reason(policy: Policy, judgment: Judgment) -> str | None:
 def serve_url(host: str, port: int, route_prefix: str = "/teacher") -> str:
     """The teacher's HTTP endpoint on the Serve proxy."""
     return f"http://{host}:{port}{route_prefix}"
+
+
+class TeacherMismatch(ValueError):
+    """The teacher at the configured URL grades for another policy (one line to print)."""
+
+
+def fetch_teacher_info(url: str, timeout_s: float = 5.0) -> dict[str, Any]:
+    """The teacher's ``GET`` info (its versions and the policy identity it grades for)."""
+    response = httpx.get(url, timeout=timeout_s)
+    if response.status_code not in (200, 503):  # 503: unhealthy, but it still says what it serves
+        raise httpx.TransportError(f"GET {url} answered HTTP {response.status_code}")
+    info: dict[str, Any] = response.json()
+    return info
+
+
+def check_teacher(
+    url: str,
+    policy: Policy,
+    *,
+    allow_version_bump: bool = False,
+    wait_s: float = 60.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """At start-up: wait up to ``wait_s`` for the teacher to answer, then require that it grades
+    for ``policy`` (``identity_mismatch``). Raises ServiceUnavailable or TeacherMismatch."""
+    from streams.services import ServiceUnavailable
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            info = fetch_teacher_info(url)
+            break
+        except (httpx.HTTPError, ValueError) as error:
+            if time.monotonic() >= deadline:
+                hint = "start it with `evalloop serve` (or set EVALLOOP_STREAM_TEACHER_URL)"
+                raise ServiceUnavailable("the teacher", url, str(error)[:200], hint) from None
+            sleep(1.0)
+    problem = identity_mismatch(info, policy, allow_version_bump)
+    if problem is not None:
+        raise TeacherMismatch(f"{problem}; serve the worker's policy (`evalloop serve --policy ...`)")
+    return info

@@ -139,7 +139,7 @@ class TeacherReplica:
         context = serve.get_replica_context()
         return {
             "teacher_version": self.teacher_version,
-            "policy_version": self._policy.version,
+            **self._policy.identity(),
             "backend": self._backend,
             "replica_id": context.replica_id.unique_id,
             "pid": os.getpid(),

@@ -22,20 +22,33 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("file", type=Path, help="JSONL events (RecommendationEvent schema)")
     parser.add_argument(
-        "--policy", default=os.environ.get("EVALLOOP_POLICY_FILE", "policies/product-search.yaml")
+        "--policy",
+        default=os.environ.get("EVALLOOP_POLICY_FILE", "policies/product-search.yaml"),
+        help="policy YAML (default: $EVALLOOP_POLICY_FILE or policies/product-search.yaml)",
     )
-    parser.add_argument("--teacher", default=None, help="teacher backend (default: the policy's)")
-    parser.add_argument("--inject-degradation", metavar="CATEGORY", help="degrade this category's results")
-    parser.add_argument("--from", dest="start", help="degradation start (event time, ISO-8601 with zone)")
-    parser.add_argument("--to", dest="end", help="degradation end (event time)")
-    parser.add_argument("--fraction", type=float, default=0.5, help="share of items swapped (default 0.5)")
+    parser.add_argument("--teacher", default=None, help="teacher backend name (default: the policy's)")
+    parser.add_argument(
+        "--inject-degradation", metavar="CATEGORY", help="degrade this policy category's results"
+    )
+    parser.add_argument(
+        "--from", dest="start", help="degradation start, event time ISO-8601 with zone (2024-06-01T10:00:00Z)"
+    )
+    parser.add_argument("--to", dest="end", help="degradation end, event time ISO-8601 with zone (exclusive)")
+    parser.add_argument(
+        "--fraction", type=float, default=0.5, help="share of the items swapped, 0-1 (default 0.5)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
 
 
-def _degradation(args: argparse.Namespace) -> Degradation | None:
+def _degradation(args: argparse.Namespace, categories: list[str]) -> Degradation | None:
     if not args.inject_degradation:
         return None
+    if args.inject_degradation not in categories:
+        known = ", ".join(categories)
+        raise ValueError(
+            f"--inject-degradation: unknown category {args.inject_degradation!r}; the policy has {known}"
+        )
     start = parse_time(args.start) if args.start else None
     end = parse_time(args.end) if args.end else None
     return Degradation(args.inject_degradation, start, end, args.fraction)
@@ -87,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         policy = load_policy(args.policy)
         teacher = build_teacher(policy, args.teacher)
-        result = backtest(policy, teacher, args.file, _degradation(args))
+        degradation = _degradation(args, [category.name for category in policy.categories])
+        result = backtest(policy, teacher, args.file, degradation)
     except (PolicyError, ValueError, OSError) as error:
         print(f"evalloop backtest: {error}", file=sys.stderr)
         return 2

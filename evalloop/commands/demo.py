@@ -15,14 +15,48 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "demo", help="run the whole loop on the bundled WANDS day with a degradation injected (make run)"
     )
-    parser.add_argument("--events", type=Path, default=defaults.events_file)
-    parser.add_argument("--policy", type=Path, default=defaults.policy_file)
-    parser.add_argument("--category", default=defaults.category, help="category to degrade")
-    parser.add_argument("--from", dest="start", default=defaults.degrade_from, help="degradation start")
-    parser.add_argument("--to", dest="end", default=defaults.degrade_to, help="degradation end")
-    parser.add_argument("--fraction", type=float, default=defaults.fraction)
-    parser.add_argument("--speed", type=float, default=defaults.speed, help="event-time speed-up")
-    parser.add_argument("--teacher", default=None, help="teacher backend (default: the policy's)")
+    parser.add_argument(
+        "--events",
+        type=Path,
+        default=defaults.events_file,
+        help=f"JSONL events (default {defaults.events_file})",
+    )
+    parser.add_argument(
+        "--policy",
+        type=Path,
+        default=defaults.policy_file,
+        help=f"policy YAML (default {defaults.policy_file})",
+    )
+    parser.add_argument(
+        "--category",
+        default=defaults.category,
+        help=f"policy category to degrade (default {defaults.category!r})",
+    )
+    parser.add_argument(
+        "--from",
+        dest="start",
+        default=defaults.degrade_from,
+        help=f"degradation start, event time ISO-8601 with zone (default {defaults.degrade_from})",
+    )
+    parser.add_argument(
+        "--to",
+        dest="end",
+        default=defaults.degrade_to,
+        help=f"degradation end, event time, exclusive (default {defaults.degrade_to})",
+    )
+    parser.add_argument(
+        "--fraction",
+        type=float,
+        default=defaults.fraction,
+        help=f"share of the category's items swapped, 0-1 (default {defaults.fraction})",
+    )
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=defaults.speed,
+        help=f"event seconds replayed per wall second (default {defaults.speed:g}x)",
+    )
+    parser.add_argument("--teacher", default=None, help="teacher backend name (default: the policy's)")
     parser.set_defaults(func=run)
 
 

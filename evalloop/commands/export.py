@@ -25,8 +25,10 @@ def run(args: argparse.Namespace) -> int:
     """Export and print the counts to stderr."""
     from schemas.settings import load_settings
     from streams.export import export_judgments
+    from streams.services import require_kafka
 
     settings = load_settings()
+    require_kafka(settings, topics=(settings.topics.judgments.name,))
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(args.out.open("w", encoding="utf-8")) if args.out else sys.stdout
         counts = export_judgments(

@@ -49,10 +49,13 @@ def run(args: argparse.Namespace) -> int:
     """Replay and print the counts; exit 1 if any record failed delivery."""
     from schemas.settings import load_settings
     from streams.replay import Degradation, parse_time, replay
+    from streams.services import require_kafka
 
     if not args.file.is_file():
-        print(f"replay: no such file {args.file}", file=sys.stderr)
+        print(f"evalloop replay: no such file: {args.file}", file=sys.stderr)
         return 2
+    settings = load_settings()
+    require_kafka(settings, topics=(settings.topics.events.name,))
     degradation = None
     if args.inject_degradation:
         degradation = Degradation(
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         )
     counts = replay(
         args.file,
-        load_settings(),
+        settings,
         speed=args.speed,
         key_by=args.key,
         degradation=degradation,
@@ -74,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(counts.as_dict(), ensure_ascii=False))
     else:
         print(
-            f"produced {counts.produced} of {counts.lines} lines in {counts.seconds:.1f}s "
+            f"produced {counts.produced} of {counts.lines} lines (acknowledged by Kafka) "
+            f"in {counts.seconds:.1f}s "
             f"({counts.unparsed} unparsed, {counts.degraded_events} events degraded, "
             f"{counts.swapped_items} items swapped, {counts.delivery_errors} delivery errors)"
         )

@@ -11,7 +11,9 @@ def register(subparsers: Any) -> None:
     """Add the `status` subcommand."""
     parser = subparsers.add_parser("status", help="per-category quality figures and alert states (Redis)")
     parser.add_argument(
-        "--window", default=None, help="window to show, e.g. 30m or 2h (default: longest rule window)"
+        "--window",
+        default=None,
+        help="window ending at the watermark, with a unit: 30m, 2h, 1d (default: the longest rule window)",
     )
     parser.add_argument(
         "--policy", type=Path, default=None, help="policy YAML (default: settings.policy_file)"
@@ -25,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from schemas.policy import load_policy, parse_duration
     from schemas.settings import load_settings
     from streams.app import StreamSettings
+    from streams.services import require_redis
     from streams.status import collect, known_windows, redis_from_settings, render_json, render_table
 
     settings = load_settings()
@@ -32,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     windows = known_windows(policy)
     window_s = parse_duration(args.window) if args.window else (windows[-1] if windows else 3600)
     client = redis_from_settings(settings)
+    require_redis(settings, client)
     try:
         report = collect(settings, policy, client, window_s, StreamSettings().bucket_seconds)
     finally:

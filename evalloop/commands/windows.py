@@ -58,10 +58,13 @@ def run(args: argparse.Namespace) -> int:
     from schemas.settings import load_settings
     from streams.app import StreamSettings
     from streams.rebuild import rebuild
+    from streams.services import require_kafka, require_redis
 
     settings = load_settings()
     stream = StreamSettings()
     policy = load_policy(args.policy or settings.policy_file)
+    require_kafka(settings, topics=(settings.topics.judgments.name, settings.topics.alerts.name))
+    require_redis(settings)
     counts = rebuild(
         settings,
         policy,

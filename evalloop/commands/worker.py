@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+log = logging.getLogger("evalloop.worker")
 
 
 def register(subparsers: Any) -> None:
@@ -22,6 +25,12 @@ def register(subparsers: Any) -> None:
         "--policy", type=Path, default=None, help="policy YAML (default: settings.policy_file)"
     )
     parser.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--allow-policy-version-bump",
+        action="store_true",
+        help="accept a teacher serving another version of the same policy (same name, scale and "
+        "failure modes); default: refuse (EVALLOOP_STREAM_ALLOW_POLICY_VERSION_BUMP)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -36,26 +45,37 @@ def load_webhooks(path: str | None) -> list[Any]:
     return [WebhookTarget.model_validate(item) for item in data or []]
 
 
-def build(policy_path: Path | None = None) -> Any:
-    """The EvalloopApp wired to the real Redis, the Serve teacher and webhooks."""
+def build(policy_path: Path | None = None, allow_policy_version_bump: bool = False) -> Any:
+    """The EvalloopApp wired to the real Redis, the Serve teacher and webhooks, after checking
+    that Kafka (with the loop's topics), Redis and a teacher of the same policy answer."""
     import httpx
 
     from schemas.policy import load_policy
     from schemas.settings import load_settings
     from streams.app import Components, StreamSettings, create_app
     from streams.notify import HttpxWebhookSender
+    from streams.services import require_kafka, require_redis
     from streams.status import LoopStateStore, redis_from_settings
-    from streams.teacher_client import CircuitBreaker, ServeTeacherClient, serve_url
+    from streams.teacher_client import CircuitBreaker, ServeTeacherClient, check_teacher, serve_url
     from streams.window_store import AlertStateStore, WindowStore
 
     settings = load_settings()
     stream = StreamSettings()
     policy = load_policy(policy_path or settings.policy_file)
+    webhooks = load_webhooks(stream.webhooks_file)
+    require_kafka(settings, topics=tuple(spec.name for spec in settings.topics.all()))
     client = redis_from_settings(settings)
+    require_redis(settings, client)
+    url = stream.teacher_url or serve_url(settings.ray.serve_host, settings.ray.serve_port)
+    allow_bump = allow_policy_version_bump or stream.allow_policy_version_bump
+    info = check_teacher(url, policy, allow_version_bump=allow_bump, wait_s=stream.teacher_startup_wait_s)
+    log.info(
+        "teacher %s at %s grades for policy %s", info.get("teacher_version"), url, info.get("policy_version")
+    )
     prefix = settings.redis.key_prefix
     breaker = CircuitBreaker(stream.breaker_failures, stream.breaker_cooldown_s)
     teacher = ServeTeacherClient(
-        stream.teacher_url or serve_url(settings.ray.serve_host, settings.ray.serve_port),
+        url,
         policy.version,
         max_concurrency=stream.teacher_max_concurrency,
         timeout_s=stream.teacher_timeout_s,
@@ -64,7 +84,6 @@ def build(policy_path: Path | None = None) -> Any:
         breaker=breaker,
         policy=policy,
     )
-    webhooks = load_webhooks(stream.webhooks_file)
     components = Components(
         settings=settings,
         stream=stream,
@@ -84,8 +103,32 @@ def run(args: argparse.Namespace) -> int:
     """Build the app and run the worker until interrupted (SIGINT/SIGTERM)."""
     import faust
 
+    from streams.offsets import undecodable_batch
+
     logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    loop = build(args.policy)
+    loop = build(args.policy, args.allow_policy_version_bump)
     worker = faust.Worker(loop.app, loglevel=args.loglevel, quiet=True)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as stop:  # mode exits through sys.exit; the crash is its context
+        batch = undecodable_batch(stop.__context__)
+        if batch is None:
+            raise
+        print(unreadable_batch_line(batch, stop.__context__), file=sys.stderr)
+        return EXIT_UNREADABLE_BATCH
     return 0
+
+
+#: Exit code when the Kafka client cannot read a record batch (a restart would fail the same way).
+EXIT_UNREADABLE_BATCH = 3
+
+
+def unreadable_batch_line(batch: Any, error: BaseException | None) -> str:
+    """The one line an operator needs: which records, why, and the command that skips them."""
+    last = batch.next_offset - 1
+    where = f"{batch.topic}[{batch.partition}] offsets {batch.first}..{last}"
+    return (
+        f"evalloop worker: cannot read the record batch at {where} ({error}); install the codec "
+        f"(`make setup`) or skip it, dead-lettered: evalloop offsets skip --topic {batch.topic} "
+        f"--partition {batch.partition} --to {batch.next_offset}"
+    )

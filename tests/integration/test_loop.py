@@ -17,16 +17,13 @@ import contextlib
 import io
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +34,6 @@ from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from judges.base import JudgeRequest, ok_judgment
 from schemas.judgments import Judgment
 from schemas.policy import Policy, load_policy
 from schemas.settings import Settings
@@ -45,6 +41,7 @@ from streams.export import export_judgments
 from streams.pipeline import MemoryWindowStore
 from streams.replay import Degradation, parse_time, replay
 from streams.window_store import WindowStore
+from tests.support.stub_teacher import stub_server
 
 pytestmark = pytest.mark.integration
 
@@ -289,45 +286,6 @@ def _assert_windows_match(run: Run, client: redis.Redis, judgments: list[Judgmen
 # --------------------------------------------------------------------------- degradation → alert
 
 
-_WORD = re.compile(r"[a-z]+")
-
-
-def _words(text: str) -> set[str]:
-    return {w for w in _WORD.findall(text.lower()) if len(w) >= 3}
-
-
-def _stub_grade(request: JudgeRequest) -> int:
-    """Relevant (4) if the title shares a word with the query or the item is from the event's
-    department; else irrelevant (0). Crude, but it tells injected foreign items apart."""
-    same_department = request.item.attributes.get("coarse_category") == request.category
-    return 4 if same_department or _words(request.query) & _words(request.item.title) else 0
-
-
-def _stub_server(policy: Policy) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            out = []
-            for item in body["requests"]:
-                request = JudgeRequest.model_validate(item)
-                grade = _stub_grade(request)
-                modes = ["off_department"] if grade == 0 else []
-                out.append(ok_judgment(request, policy, "stub-v1", grade, modes, "stub").model_dump_json())
-            payload = ('{"judgments":[' + ",".join(out) + "]}").encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 def test_loop_degradation_fires_and_resolves_for_that_category_only(
     settings: Settings,
     redis_client: redis.Redis,
@@ -336,7 +294,7 @@ def test_loop_degradation_fires_and_resolves_for_that_category_only(
     worker: Callable[[Run], subprocess.Popen[bytes]],
 ) -> None:
     policy_path = _test_policy(tmp_path)
-    server = _stub_server(load_policy(policy_path))
+    server = stub_server(load_policy(policy_path))
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/teacher"
         run = _make_run(settings, policy_path, url, "alert")

@@ -60,13 +60,7 @@ class StubTeacher:
 def stub_server(policy: Policy) -> ThreadingHTTPServer:
     """The stub behind the Serve HTTP contract (POST judges; GET answers its info), in a thread."""
     teacher = StubTeacher(policy)
-    info = {
-        "teacher_version": VERSION,
-        "policy_name": policy.name,
-        "policy_version": policy.version,
-        "grades": list(policy.grades),
-        "failure_modes": [mode.id for mode in policy.failure_modes],
-    }
+    info = {"teacher_version": VERSION, **policy.identity()}
 
     class Handler(BaseHTTPRequestHandler):
         def _send(self, payload: bytes) -> None:
