@@ -275,6 +275,26 @@ def resolve_path(path: Path) -> Path:
 # --------------------------------------------------------------------------- the teacher
 
 
+def artifact_policy_mismatch(artifact: dict[str, Any], policy: Policy, classes: Sequence[int]) -> str | None:
+    """Why an artifact fitted for one policy cannot grade under ``policy``, or None.
+
+    It records the policy (version, grades) it was fitted on golden labels of; another scale, or
+    a version that is neither its own nor in ``teacher.compatible_versions``, is refused.
+    """
+    fitted = artifact["policy"]
+    refit = "fit one for this policy: `evalloop teacher fit --policy <policy.yaml>`"
+    off_scale = [c for c in classes if c not in policy.grades]
+    if off_scale or fitted.get("grades", policy.grades) != policy.grades:
+        return f"fitted for grades {fitted.get('grades')}, the policy's scale is {policy.grades}; {refit}"
+    allowed = {policy.version, *policy.teacher.compatible_versions}
+    if fitted["version"] not in allowed:
+        return (
+            f"fitted for policy {fitted['version']}, not {policy.version}; {refit} (or, if only rules "
+            f"or sampling changed, list {fitted['version']} under teacher.compatible_versions)"
+        )
+    return None
+
+
 class EmbeddingTeacher:
     """Implements ``judges.base.Teacher`` with MiniLM evidence and the fitted ordinal model.
 
@@ -292,16 +312,9 @@ class EmbeddingTeacher:
                 f"{path}: fitted on features {self.artifact['features']}, code computes {FEATURE_NAMES}"
             )
         self.model = OrdinalModel(self.artifact["model"])
-        off_scale = [c for c in self.model.classes if c not in policy.grades]
-        if off_scale:
-            raise ValueError(f"{path}: classes {off_scale} are not on the policy scale {policy.grades}")
-        if self.artifact["policy"]["version"] != policy.version:
-            # Not fatal: Gate 2 is what tells whether the teacher still agrees under the new policy.
-            log.warning(
-                "teacher artifact fitted under policy %s, running under %s",
-                self.artifact["policy"]["version"],
-                policy.version,
-            )
+        problem = artifact_policy_mismatch(self.artifact, policy, self.model.classes)
+        if problem is not None:
+            raise ValueError(f"{path}: {problem}")
         self.embedder: Embedder = options.get("embedder") or _default_embedder(options.get("model_dir"))
         if self.embedder.model_id != self.artifact["embedder"]["model_id"]:
             raise ValueError(
@@ -309,7 +322,6 @@ class EmbeddingTeacher:
                 f"loaded {self.embedder.model_id}; refit with `evalloop teacher fit`"
             )
         self.thresholds: dict[str, float] = self.artifact["evidence_thresholds"]
-        self._max_grade = {mode.id: mode.max_grade for mode in policy.failure_modes}
 
     @property
     def teacher_version(self) -> str:
@@ -361,7 +373,7 @@ class EmbeddingTeacher:
         scale = self._policy.grades
         grade = self.model.grades(class_probs, scale)[0]
         probabilities = scale_probabilities(class_probs, self.model.classes, scale)[0]
-        tags = failure_modes(evidence, pair, grade, self._max_grade, self.thresholds)
+        tags = failure_modes(evidence, pair, grade, self._policy.failure_modes, self.thresholds)
         expected = sum(g * p for g, p in zip(scale, probabilities, strict=True))
         headline = (
             f"grade {grade} ({self._policy.level(grade).name}; expected grade {expected:.2f}, "

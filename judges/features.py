@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from judges.base import JudgeRequest
+from schemas.policy import FailureMode
 
 F64 = npt.NDArray[np.float64]
 
@@ -180,29 +181,41 @@ THRESHOLD_FEATURES: dict[str, str] = {
 }
 
 
-def failure_modes(
-    evidence: Evidence, pair: PairText, grade: int, allowed: dict[str, int], thresholds: dict[str, float]
-) -> list[str]:
-    """Failure modes the evidence supports, among the policy's modes (id -> max_grade) whose
-    ``max_grade`` admits ``grade``. Each rule is a plain reading of one piece of evidence."""
-    tags: list[str] = []
+def fired_detectors(evidence: Evidence, pair: PairText, thresholds: dict[str, float]) -> list[str]:
+    """The failure-mode detectors (``schemas.policy.Detector``) the evidence supports, in a fixed
+    order. Each is a plain reading of one piece of evidence; the policy maps them to its modes."""
+    fired: list[str] = []
     related_category = evidence["cos_query_category"] >= thresholds["category"]
     right_type = evidence["cos_query_class"] >= thresholds["class"]
     if not related_category and evidence["cos_query_title"] < thresholds["title"]:
-        tags.append("off_department")
+        fired.append("off_topic")
     elif related_category and not right_type:
-        tags.append("wrong_product_type")
+        fired.append("type_differs")
     # The head noun of a title is its last word ("patio furniture cover"): only a head that is an
     # accessory word the query did not ask for says "accessory", not "with a handle".
     title_terms = terms(pair.title)
     if title_terms and title_terms[-1] in _ACCESSORY_WORDS and title_terms[-1] not in evidence.query_terms:
-        tags.append("accessory_not_product")
+        fired.append("accessory_head")
     attribute_missing = [t for t in evidence.missing_terms if t in _ATTRIBUTE_WORDS or t.isdigit()]
     if right_type and attribute_missing:
-        tags.append("attribute_mismatch")
+        fired.append("attribute_term_missing")
     if [t for t in evidence.missing_terms if t not in attribute_missing]:
-        tags.append("query_term_missed")
-    return [tag for tag in tags if tag in allowed and grade <= allowed[tag]]
+        fired.append("query_term_missing")
+    return fired
+
+
+def failure_modes(
+    evidence: Evidence, pair: PairText, grade: int, modes: Sequence[FailureMode], thresholds: dict[str, float]
+) -> list[str]:
+    """The policy's failure modes whose ``detector`` fired and whose ``max_grade`` admits ``grade``
+    (in detector order); a mode without a detector is never tagged by this teacher."""
+    fired = fired_detectors(evidence, pair, thresholds)
+    return [
+        mode.id
+        for detector in fired
+        for mode in modes
+        if mode.detector == detector and grade <= mode.max_grade
+    ]
 
 
 def _short(text: str, limit: int = 60) -> str:

@@ -21,7 +21,7 @@ from sklearn.metrics import cohen_kappa_score
 
 from judges.golden import GoldenItem
 from schemas.judgments import Judgment
-from schemas.policy import Policy
+from schemas.policy import Gate2Thresholds, Policy
 
 Weights = Literal["quadratic", "linear"] | None
 F64 = npt.NDArray[np.float64]
@@ -158,6 +158,10 @@ class Gate2Report:
     worst: list[Disagreement] = field(default_factory=list)
     bootstrap: int = 0
     seed: int = 0
+    #: Distinct queries among the scored pairs, and whether pairs and queries meet the policy's
+    #: minimum evidence (``gates.gate2.min_pairs`` / ``min_queries``): without it, no PASS.
+    queries: int = 0
+    sufficient: bool = True
 
     def to_json_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples as lists)."""
@@ -180,6 +184,36 @@ def _group_kappas(
     return out
 
 
+def evidence_shortfall(pairs: int, queries: int, gate: Gate2Thresholds) -> str | None:
+    """Why ``pairs`` scored pairs over ``queries`` queries are too little to pass, or None."""
+    missing = []
+    if pairs < gate.min_pairs:
+        missing.append(f"{pairs} scored pairs < gates.gate2.min_pairs {gate.min_pairs}")
+    if queries < gate.min_queries:
+        missing.append(f"{queries} queries < gates.gate2.min_queries {gate.min_queries}")
+    return "; ".join(missing) or None
+
+
+def _verdict(
+    weighted: float | None,
+    gate: Gate2Thresholds,
+    ci: tuple[float, float] | None,
+    scored: int,
+    shortfall: str | None,
+) -> str:
+    if weighted is None:
+        return f"FAIL: weighted kappa is undefined ({scored} graded pairs)"
+    figure = f"weighted kappa {weighted:.4f}"
+    if shortfall is not None:
+        return f"INSUFFICIENT EVIDENCE: {shortfall} ({figure}; no PASS on this little)"
+    if weighted < gate.min_kappa:
+        return f"FAIL: {figure} < the policy's gates.gate2.min_kappa {gate.min_kappa}"
+    verdict = f"PASS: {figure} >= {gate.min_kappa}"
+    if ci is not None and ci[0] < gate.min_kappa:
+        verdict += f" (but the CI's lower bound {ci[0]:.4f} is under it: not a confident pass)"
+    return verdict
+
+
 def gate2_report(
     items: Sequence[GoldenItem],
     judgments: Sequence[Judgment],
@@ -200,18 +234,13 @@ def gate2_report(
     truth = [i.grade for i, _ in scored]
     predicted = [int(j.grade) for _, j in scored if j.grade is not None]
     weighted = kappa(truth, predicted, grades, weights)
-    passed = weighted is not None and weighted >= gate.min_kappa
-    if weighted is None:
-        verdict = f"FAIL: weighted kappa is undefined ({len(scored)} graded pairs)"
-    else:
-        verdict = f"{'PASS' if passed else 'FAIL'}: weighted kappa {weighted:.4f} " + (
-            f">= {gate.min_kappa}" if passed else f"< the policy's gates.gate2.min_kappa {gate.min_kappa}"
-        )
+    queries = len({i.query for i, _ in scored})
+    shortfall = evidence_shortfall(len(scored), queries, gate)
     ci = cluster_bootstrap_ci(
         truth, predicted, [i.query for i, _ in scored], grades, weights, bootstrap, seed
     )
-    if passed and ci is not None and ci[0] < gate.min_kappa:
-        verdict += f" (but the CI's lower bound {ci[0]:.4f} is under it: not a confident pass)"
+    passed = shortfall is None and weighted is not None and weighted >= gate.min_kappa
+    verdict = _verdict(weighted, gate, ci, len(scored), shortfall)
     return Gate2Report(
         n_total=len(items),
         n=len(scored),
@@ -219,14 +248,14 @@ def gate2_report(
         weights=gate.weights,
         kappa=kappa(truth, predicted, grades, None),
         weighted_kappa=weighted,
-        ci=cluster_bootstrap_ci(
-            truth, predicted, [i.query for i, _ in scored], grades, weights, bootstrap, seed
-        ),
+        ci=ci,
         confusion=confusion(truth, predicted, grades).astype(int).tolist(),
         min_kappa=gate.min_kappa,
         passed=passed,
         verdict=verdict,
         teacher_version=judgments[0].teacher_version if judgments else "",
+        queries=queries,
+        sufficient=shortfall is None,
         errors=len(failed),
         error_examples=[{"id": i.id, "error": j.error or ""} for i, j in failed[:worst]],
         per_category=_group_kappas([i.category for i, _ in scored], truth, predicted, grades, weights),

@@ -40,3 +40,27 @@ def build_teacher(policy: Policy, backend: str | None = None, **options: Any) ->
     if not isinstance(teacher, Teacher):
         raise TypeError(f"{module_name}.{class_name} does not implement the Teacher protocol")
     return teacher
+
+
+def producible_failure_modes(policy: Policy, backend: str | None = None) -> set[str]:
+    """The policy's failure modes the backend can ever tag: the embedding teacher only those with
+    a ``detector``; the noop teacher only the first mode each grade allows; LLM teachers all."""
+    name = backend or policy.teacher.backend
+    if name == "embedding":
+        return {mode.id for mode in policy.failure_modes if mode.detector is not None}
+    if name == "noop":
+        firsts = {next((m.id for m in policy.failure_modes if g <= m.max_grade), None) for g in policy.grades}
+        return {mode for mode in firsts if mode is not None}
+    return set(policy.failure_mode_ids())
+
+
+def unreachable_rules(policy: Policy, backend: str | None = None) -> list[str]:
+    """Warnings for alert rules on a failure mode the configured teacher can never produce."""
+    name = backend or policy.teacher.backend
+    producible = producible_failure_modes(policy, name)
+    return [
+        f"alerts.{rule.id} watches failure mode {rule.failure_mode!r}, which the {name} teacher never "
+        f"tags (give it a `detector` in failure_modes, or use an LLM teacher): the rule can never fire"
+        for rule in policy.alerts
+        if rule.signal == "failure_mode_share" and rule.failure_mode not in producible
+    ]

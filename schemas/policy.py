@@ -61,6 +61,15 @@ class RubricLevel(_PolicyModel):
     examples: Annotated[list[RubricExample], Field(min_length=1, max_length=10)]
 
 
+#: Evidence the CPU embedding teacher can read a failure mode from (docs/policy.md, "Detectors"):
+#: query far from the item's department and title; same department but another product class;
+#: the title's head noun is an accessory word the query lacks; a size/colour/material/number term
+#: of the query is missing; any other query term is missing. LLM teachers tag from descriptions.
+Detector = Literal[
+    "off_topic", "type_differs", "accessory_head", "attribute_term_missing", "query_term_missing"
+]
+
+
 class FailureMode(_PolicyModel):
     """A named way the production model goes wrong, tagged by the teacher."""
 
@@ -68,6 +77,8 @@ class FailureMode(_PolicyModel):
     description: Annotated[str, Field(min_length=1, max_length=1000)]
     #: The tag is only meaningful on items graded at or below this.
     max_grade: int = Field(ge=0, le=10)
+    #: How the embedding teacher detects this mode; None: it never tags it (LLM teachers still do).
+    detector: Detector | None = None
 
 
 class Category(_PolicyModel):
@@ -189,6 +200,9 @@ class TeacherConfig(_PolicyModel):
 
     backend: Literal["embedding", "openai", "vllm"] = "embedding"
     artifact: Path = Path("artifacts/teacher-embedding.json")
+    #: Other policy versions the embedding artifact may be used under (a bump that changed rules or
+    #: sampling, not the rubric): the artifact refuses any policy version not its own or listed here.
+    compatible_versions: list[Identifier] = Field(default_factory=list, max_length=100)
     rationale_max_chars: int = Field(default=400, ge=40, le=2000)
     openai: OpenAITeacher = OpenAITeacher()
     vllm: VLLMTeacher = VLLMTeacher()

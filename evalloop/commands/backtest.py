@@ -99,8 +99,11 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         policy = load_policy(args.policy)
-        teacher = build_teacher(policy, args.teacher)
         degradation = _degradation(args, [category.name for category in policy.categories])
+        if not args.file.is_file():
+            print(f"evalloop backtest: no such file: {args.file}", file=sys.stderr)
+            return 2
+        teacher = build_teacher(policy, args.teacher)
         result = backtest(policy, teacher, args.file, degradation)
     except (PolicyError, ValueError, OSError) as error:
         print(f"evalloop backtest: {error}", file=sys.stderr)

@@ -65,7 +65,11 @@ def run_check(args: argparse.Namespace) -> int:
     try:
         policy = load_policy(args.file)
     except PolicyError as error:
-        print(f"policy {args.file} is invalid: {error}", file=sys.stderr)
+        print(f"evalloop policy: {args.file} is invalid: {error}", file=sys.stderr)
         return 1
     print(summarise(policy))
+    from judges.registry import unreachable_rules
+
+    for warning in unreachable_rules(policy):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0

@@ -190,8 +190,37 @@ def test_failure_mode_rules(
     found = evidence(**values)
     found = Evidence(found.values, missing_terms=missing, query_terms=("bed", *missing))
     pair = PairText(query="bed", title=title, category=None, product_class=None)
-    allowed = {mode.id: mode.max_grade for mode in policy.failure_modes}
-    assert failure_modes(found, pair, grade, allowed, THRESHOLDS) == expected
+    assert failure_modes(found, pair, grade, policy.failure_modes, THRESHOLDS) == expected
+
+
+def test_failure_modes_come_from_the_policys_detectors_not_from_ids(policy: Policy) -> None:
+    """A new domain's modes are tagged through their ``detector``; without one, never."""
+    renamed = [
+        mode.model_copy(update={"id": f"job_{mode.id}", "detector": mode.detector if i % 2 == 0 else None})
+        for i, mode in enumerate(policy.failure_modes)
+    ]
+    found = Evidence(evidence(**LOW).values, missing_terms=("poster",), query_terms=("bed", "poster"))
+    pair = PairText(query="poster bed", title="kitchen faucet", category=None, product_class=None)
+    tags = failure_modes(found, pair, 0, renamed, THRESHOLDS)
+    with_detector = {mode.id for mode in renamed if mode.detector is not None}
+    assert tags == ["job_query_term_missed"] and set(tags) <= with_detector
+    assert "job_off_department" not in tags  # its detector was removed: never tagged
+
+
+def test_the_artifact_refuses_another_policy(policy: Policy) -> None:
+    from judges.embedding_teacher import artifact_policy_mismatch, load_artifact, resolve_path
+
+    artifact = load_artifact(resolve_path(policy.teacher.artifact))
+    assert artifact_policy_mismatch(artifact, policy, [0, 2, 4]) is None
+    other = policy.model_copy(update={"version": "job-matching-2026.12.1", "name": "job-matching"})
+    problem = artifact_policy_mismatch(artifact, other, [0, 2, 4])
+    assert problem is not None and "evalloop teacher fit" in problem and policy.version in problem
+    teacher = other.teacher.model_copy(update={"compatible_versions": [policy.version]})
+    assert (
+        artifact_policy_mismatch(artifact, other.model_copy(update={"teacher": teacher}), [0, 2, 4]) is None
+    )
+    with pytest.raises(ValueError, match="evalloop teacher fit"):
+        EmbeddingTeacher(other)
 
 
 @pytest.mark.parametrize(

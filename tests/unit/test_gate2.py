@@ -131,11 +131,11 @@ def test_report_fails_when_undefined(policy: Policy, golden: list[GoldenItem]) -
     assert not report.passed and report.weighted_kappa is None and report.errors == 5
 
 
-def policy_copy(tmp_path: Path, min_kappa: float) -> Path:
+def policy_copy(tmp_path: Path, min_kappa: float, min_pairs: int = 10, min_queries: int = 5) -> Path:
     data: dict[str, Any] = yaml.safe_load(POLICY_FILE.read_text(encoding="utf-8"))
-    data["gates"]["gate2"]["min_kappa"] = min_kappa
+    data["gates"]["gate2"].update(min_kappa=min_kappa, min_pairs=min_pairs, min_queries=min_queries)
     data["teacher"]["artifact"] = str(REPO / "artifacts/teacher-embedding.json")
-    path = tmp_path / f"policy-{min_kappa}.yaml"
+    path = tmp_path / f"policy-{min_kappa}-{min_pairs}-{min_queries}.yaml"
     path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     return path
 
@@ -164,6 +164,26 @@ def test_cli_gate2_json_and_exit_codes(
     assert "min_kappa 0.99" in captured.err
     assert main(["gate2", "--teacher", "embedding", "--golden", str(small), "--policy", str(strict)]) == 1
     assert "Confusion" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("min_pairs", "min_queries", "short"), [(200, 5, "min_pairs 200"), (10, 10, "min_queries 10")]
+)
+def test_gate2_never_passes_on_too_little_evidence(
+    tmp_path: Path,
+    golden: list[GoldenItem],
+    capsys: pytest.CaptureFixture[str],
+    min_pairs: int,
+    min_queries: int,
+    short: str,
+) -> None:
+    small = small_golden(tmp_path, golden)  # 12 pairs over 7 queries, weighted kappa 0.8
+    lax = policy_copy(tmp_path, -0.9, min_pairs, min_queries)
+    args = ["gate2", "--teacher", "embedding", "--golden", str(small), "--json", "--bootstrap", "50"]
+    assert main([*args, "--policy", str(lax)]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["passed"] is False and out["sufficient"] is False and out["queries"] == 7
+    assert out["verdict"].startswith("INSUFFICIENT EVIDENCE") and short in out["verdict"]
 
 
 def test_cli_gate2_bad_golden_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -109,3 +109,22 @@ def test_policy_check_cli(capsys: pytest.CaptureFixture[str], tmp_path: Path) ->
     broken.write_text("version: [unclosed", encoding="utf-8")
     assert main(["policy", "check", str(broken)]) == 1
     assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_policy_check_warns_when_a_rule_needs_a_mode_the_teacher_never_tags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from judges.registry import unreachable_rules
+
+    bundled = load_policy(POLICY_FILE)
+    assert unreachable_rules(bundled) == []
+    assert unreachable_rules(bundled, "openai") == []
+    doc = yaml.safe_load(POLICY_FILE.read_text(encoding="utf-8"))
+    for mode in doc["failure_modes"]:
+        mode.pop("detector", None)
+    path = tmp_path / "no-detectors.yaml"
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    assert main(["policy", "check", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: alerts.wrong-type-ticket watches failure mode 'wrong_product_type'" in err
+    assert "never" in err
