@@ -3,7 +3,7 @@ PY := .venv/bin/python
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up down status run run-isolated test test-isolated test-unit lint typecheck schemas bench reliability clean
+.PHONY: help setup up down status reset kafka-tool run run-isolated test test-isolated test-unit lint typecheck schemas bench reliability clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -19,6 +19,12 @@ down: ## Stop the local services (and a Ray left under .evalloop/ray)
 
 status: ## Show whether each local service is up
 	@$(PY) -m infra.local status
+
+reset: ## Stop the services and delete topics, Redis, Ray state and logs; keep the Kafka jars
+	@$(PY) -m infra.local reset
+
+kafka-tool: ## Kafka's own tools: make kafka-tool ARGS="console-consumer --topic evalloop.dead-letters --from-beginning"
+	@$(PY) -m infra.local tool $(ARGS)
 
 run: up ## The main job: the whole loop on the bundled data, degradation injected, alert fires and resolves
 	@$(PY) -m evalloop.cli demo

@@ -231,6 +231,36 @@ def kafka_command(paths: Paths) -> list[str]:
     ]
 
 
+#: Kafka's operator tools (the kafka-tools jar beside the broker's) by the name `make kafka-tool` takes.
+KAFKA_TOOLS = {
+    "console-producer": "org.apache.kafka.tools.ConsoleProducer",
+    "console-consumer": "org.apache.kafka.tools.consumer.ConsoleConsumer",
+    "consumer-groups": "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+    "topics": "org.apache.kafka.tools.TopicCommand",
+    "get-offsets": "org.apache.kafka.tools.GetOffsetShell",
+}
+TOOLS_LOG4J_CONFIG = KAFKA_INFRA / "tools-log4j2.properties"
+
+
+def kafka_tool_command(paths: Paths, tool: str, args: Sequence[str], bootstrap: str) -> list[str]:
+    """The JVM command line of one of Kafka's tools against ``bootstrap`` (added unless given)."""
+    if tool not in KAFKA_TOOLS:
+        raise ServiceError(f"unknown Kafka tool {tool!r}; one of: {', '.join(sorted(KAFKA_TOOLS))}")
+    if not (paths.kafka_libs / f"kafka-tools-{kafka_version()}.jar").is_file():
+        raise ServiceError(f"the kafka-tools jar is not in {paths.kafka_libs}: run `make setup`")
+    server = [] if "--bootstrap-server" in args else ["--bootstrap-server", bootstrap]
+    return [
+        _java(),
+        "-Xmx256m",
+        f"-Dlog4j2.configurationFile={TOOLS_LOG4J_CONFIG}",
+        "-cp",
+        f"{paths.kafka_libs.resolve()}/*",
+        KAFKA_TOOLS[tool],
+        *server,
+        *args,
+    ]
+
+
 def start_kafka(settings: Settings, paths: Paths) -> list[str]:
     """Start the local KRaft broker unless it is up; return what was done."""
     endpoint = loopback_endpoint(settings.kafka.bootstrap_servers)

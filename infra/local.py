@@ -19,7 +19,9 @@ import argparse
 import contextlib
 import fcntl
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -27,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from infra.kafka_server import (
     DEFAULT_KAFKA_HEAP,
     KAFKA_INFRA,
+    KAFKA_TOOLS,
     LOG4J_CONFIG,
     POM,
     PROPERTIES_TEMPLATE,
@@ -40,6 +43,7 @@ from infra.kafka_server import (
     kafka_command,
     kafka_healthy,
     kafka_strays,
+    kafka_tool_command,
     kafka_version,
     loopback_endpoint,
     new_cluster_id,
@@ -197,6 +201,32 @@ def down(paths: Paths) -> list[str]:
     return messages
 
 
+def reset(paths: Paths) -> list[str]:
+    """Stop everything, then delete the topics' data, Redis', Ray's and the logs; keep the jars.
+
+    The next `make up` formats a fresh KRaft cluster and creates the topics again, without
+    re-resolving the Kafka jars from Maven Central.
+    """
+    messages = down(paths)
+    keep = {paths.kafka_libs.resolve(), paths.run.resolve()}
+    removed: list[str] = []
+    for parent in (paths.state, paths.kafka):
+        for entry in sorted(parent.iterdir()) if parent.is_dir() else []:
+            if entry.resolve() in keep or entry.resolve() == paths.kafka.resolve():
+                continue
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            removed.append(str(entry))
+    return [*messages, f"reset: removed {len(removed)} entries, kept the jars in {paths.kafka_libs}"]
+
+
+def run_tool(settings: Settings, paths: Paths, rest: Sequence[str]) -> int:
+    """Run one of Kafka's tools (``KAFKA_TOOLS``) against the configured brokers; its exit code."""
+    if not rest:
+        raise ServiceError(f"name a tool: one of {', '.join(sorted(KAFKA_TOOLS))}")
+    command = kafka_tool_command(paths, rest[0], list(rest[1:]), settings.kafka.bootstrap_servers)
+    return subprocess.run(command, check=False).returncode
+
+
 def status(settings: Settings, paths: Paths) -> list[str]:
     """One line per service: up/down, pid and address."""
     kafka_pid = owned_pid(paths, "kafka", "kafka.Kafka")
@@ -252,18 +282,27 @@ def _emit(line: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m infra.local up|down|status|topics|install``; returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m infra.local", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["up", "down", "status", "topics", "install"])
+    parser.add_argument("command", choices=["up", "down", "status", "topics", "install", "reset", "tool"])
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help="tool: NAME and its arguments")
     args = parser.parse_args(argv)
     settings = load_settings()
     paths = Paths(settings.state_dir)
+    if args.command == "tool":
+        try:
+            return run_tool(settings, paths, args.rest)
+        except ServiceError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     actions: dict[str, Callable[[], list[str]]] = {
         "down": lambda: down(paths),
         "status": lambda: status(settings, paths),
         "topics": lambda: ensure_topics(settings),
         "install": lambda: [install_kafka(paths)],
+        "reset": lambda: reset(paths),
     }
-    # up/down/install change the state dir: one at a time (two concurrent `make up`s, one broker).
-    serialize = state_lock(paths) if args.command in ("up", "down", "install") else contextlib.nullcontext()
+    # up/down/install/reset change the state dir: one at a time (two concurrent `make up`s, one broker).
+    changes_state = args.command in ("up", "down", "install", "reset")
+    serialize = state_lock(paths) if changes_state else contextlib.nullcontext()
     try:
         with serialize:
             if args.command == "up":

@@ -195,3 +195,30 @@ def test_parent_pids_knows_this_process() -> None:
     import os
 
     assert local.parent_pids()[os.getpid()] == os.getppid()
+
+
+def test_reset_keeps_the_jars_and_removes_data_logs_and_state(tmp_path: Path) -> None:
+    from infra.local import reset
+    from infra.processes import Paths
+
+    paths = Paths(tmp_path / "state")
+    for kept in (paths.kafka_libs / "kafka_2.13-4.3.1.jar", paths.run / "infra-local.lock"):
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.write_text("x")
+    gone = [
+        paths.kafka_data / "meta.properties",
+        paths.kafka_cluster_id,
+        paths.redis / "redis.conf",
+        paths.logs / "kafka.log",
+        paths.state / "reliability" / "x.json",
+    ]
+    for path in gone:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    messages = reset(paths)
+    assert (paths.kafka_libs / "kafka_2.13-4.3.1.jar").is_file() and (
+        paths.run / "infra-local.lock"
+    ).is_file()
+    assert not any(path.exists() for path in gone)
+    assert not paths.kafka_data.exists() and not paths.logs.exists()
+    assert "kept the jars" in messages[-1]
