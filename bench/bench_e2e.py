@@ -236,6 +236,8 @@ class LoopRun:
     dead_letters: int
     cpu_s: dict[str, float]
     peak_mib: dict[str, float]
+    #: Dead letters by reason ("late" must stay 0: events and judgments are never too old here).
+    reasons: dict[str, int]
 
 
 def drive(
@@ -273,7 +275,20 @@ def drive(
         committed.close()
     letters = topic_end(settings, settings.topics.dead_letters.name)
     cpu = {label: after[label] - before[label] for label in groups}
-    return LoopRun(len(values), expected, end - started, windows_judged(settings), letters, cpu, peaks)
+    reasons = dead_letter_reasons(settings)
+    return LoopRun(
+        len(values), expected, end - started, windows_judged(settings), letters, cpu, peaks, reasons
+    )
+
+
+def dead_letter_reasons(settings: Settings) -> dict[str, int]:
+    """How many dead letters the run's topic holds, by reason."""
+    from collections import Counter
+
+    from streams.rebuild import read_topic
+
+    raws = read_topic(settings, settings.topics.dead_letters.name, idle_timeout_s=3.0)
+    return dict(Counter(json.loads(raw)["reason"] for raw in raws))
 
 
 def teacher_alone(backend: str, calls: Sequence[Sequence[Any]]) -> float:
@@ -343,6 +358,7 @@ def add_rows(result: BenchResult, backend: str, loop: LoopRun, alone_s: float) -
             "judgments": loop.judgments,
             "windows_judged": loop.windows,
             "dead_letters": loop.dead_letters,
+            "late_dead_letters": loop.reasons.get("late", 0),
             "seconds": round(loop.seconds, 2),
             "events/s": rate,
             "judgments/s": loop.judgments / loop.seconds,
@@ -379,3 +395,37 @@ def notes() -> list[str]:
         "cpu_% is of one core over the measured interval (200 % = both cores); Kafka and Redis "
         "are shared with whatever else runs on the machine; peak_mib is VmHWM (lifetime peak)",
     ]
+
+
+def repeat_late_check(repeats: int, backend: str) -> list[dict[str, Any]]:
+    """Run the loop ``repeats`` times over the whole day at max speed; per run, the dead letters
+    by reason (the stage-1 "late" bug showed as hundreds of 00:05 events dead-lettered "late")."""
+    from bench.bench_dispatch import serve_env
+    from workers.runtime import shutdown
+
+    serve, runs = serve_env(), []
+    try:
+        for attempt in range(repeats):
+            loop, _alone = one_backend(backend, 1, None, serve)
+            runs.append(
+                {"run": attempt + 1, "events": loop.events, "seconds": round(loop.seconds, 1), **loop.reasons}
+            )
+            print(json.dumps(runs[-1]), flush=True)
+    finally:
+        shutdown()
+    return runs
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bench_e2e", description="repeat the e2e run, count late dead letters"
+    )
+    parser.add_argument("--repeat", type=int, default=10, help="runs in a row (default 10)")
+    parser.add_argument("--backend", default="noop", choices=BACKENDS, help="teacher backend (default noop)")
+    arguments = parser.parse_args()
+    done = repeat_late_check(arguments.repeat, arguments.backend)
+    late = sum(run.get("late", 0) for run in done)
+    print(f"{len(done)} runs, late dead letters in total: {late}")
+    raise SystemExit(1 if late else 0)

@@ -91,7 +91,8 @@ def format_report(report: Gate2Report, source: str, seconds: float) -> str:
         "Gate 2 — teacher vs golden set",
         f"  golden             {source}: {report.n_total} items ({report.errors} errors, not scored)",
         f"  teacher            {report.teacher_version}  ({seconds:.1f}s to judge)",
-        f"  scored pairs       {report.n}",
+        f"  scored pairs       {report.n} over {report.queries} queries "
+        f"({'enough' if report.sufficient else 'NOT enough'} evidence for the policy's minimum)",
         f"  kappa              {_f(report.kappa)}",
         f"  weighted kappa     {_f(report.weighted_kappa)}  ({report.weights})  95% CI {ci} "
         f"(bootstrap by query, {report.bootstrap} replicates, seed {report.seed})",
