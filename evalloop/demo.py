@@ -288,10 +288,15 @@ def run_demo(config: DemoConfig) -> int:
     from workers.deployment import deploy
     from workers.runtime import shutdown
 
-    run_id = datetime.now(UTC).strftime("demo-%Y%m%d-%H%M%S")
-    env = run_environment(run_id)
-    settings = current_settings(env)
     from infra.local import ensure_topics
+    from streams.services import require_kafka, require_redis
+
+    run_id = datetime.now(UTC).strftime("demo-%Y%m%d-%H%M%S")
+    # The worker grades under the policy the teacher is deployed with (it refuses any other).
+    env = {**run_environment(run_id), "EVALLOOP_POLICY_FILE": str(config.policy_file)}
+    settings = current_settings(env)
+    require_kafka(settings)
+    require_redis(settings)
 
     for message in ensure_topics(settings):
         print(message)

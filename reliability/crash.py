@@ -226,17 +226,7 @@ def _drive(config: CrashConfig, run: LoopRun, rng: random.Random, workdir: Path)
     finally:
         reader.close()
         worker.stop()
-        _clear(run)
-
-
-def _clear(run: LoopRun) -> None:
-    from streams.window_store import WindowStore
-
-    client = harness.redis_for(run.settings)
-    try:
-        WindowStore(client, run.settings.redis.key_prefix).clear()
-    finally:
-        client.close()
+        harness.clear_redis(run.settings)
 
 
 def main(argv: list[str] | None = None) -> int:

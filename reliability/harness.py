@@ -126,6 +126,17 @@ def delete_topics(settings: Settings) -> None:
         drop_topics(settings, names)
 
 
+def clear_redis(settings: Settings) -> None:
+    """Delete the run's Redis keys (windows, seen-markers, alert and loop state)."""
+    from streams.window_store import WindowStore
+
+    client = redis_for(settings)
+    try:
+        WindowStore(client, settings.redis.key_prefix).clear()
+    finally:
+        client.close()
+
+
 def redis_for(settings: Settings) -> redis.Redis:
     """A client of the run's Redis."""
     from streams.status import redis_from_settings

@@ -156,17 +156,7 @@ def _drive(config: ScaleConfig, run: LoopRun, workdir: Path) -> dict[str, Any]:
         reader.close()
         for worker in workers:
             worker.stop()
-        _clear(run)
-
-
-def _clear(run: LoopRun) -> None:
-    from streams.window_store import WindowStore
-
-    client = harness.redis_for(run.settings)
-    try:
-        WindowStore(client, run.settings.redis.key_prefix).clear()
-    finally:
-        client.close()
+        harness.clear_redis(run.settings)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--policy", type=Path, default=None, help="policy YAML (default: settings.policy_file)"
     )
-    parser.add_argument("--json", action="store_true", help="one JSON object keyed by category")
+    parser.add_argument(
+        "--json", action="store_true", help="one JSON object: as_of, latest_event_time, categories"
+    )
     parser.set_defaults(func=run)
 
 

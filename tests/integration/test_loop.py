@@ -29,7 +29,6 @@ from typing import Any
 
 import pytest
 import redis
-import yaml
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
@@ -41,6 +40,7 @@ from streams.export import export_judgments
 from streams.pipeline import MemoryWindowStore
 from streams.replay import Degradation, parse_time, replay
 from streams.window_store import WindowStore
+from tests.support.policies import burn_rate_policy
 from tests.support.stub_teacher import stub_server
 
 pytestmark = pytest.mark.integration
@@ -64,28 +64,6 @@ def _bad_events() -> dict[str, bytes]:
         "absurd_timestamp": json.dumps(absurd).encode(),
         "oversized": b'{"pad": "' + b"x" * 300_000 + b'"}',
     }
-
-
-def _test_policy(tmp: Path) -> Path:
-    """Every event sampled, one filtered-share rule with windows sized for a 150-event slice."""
-    doc = yaml.safe_load((ROOT / "policies" / "product-search.yaml").read_text())
-    doc["sampling"]["default_rate"] = 1.0
-    for category in doc["categories"]:
-        category.pop("sample_rate", None)
-    doc["alerts"] = [
-        {
-            "id": "filtered-share-burn",
-            "signal": "filtered_share",
-            "threshold": 0.4,
-            "windows": [{"long": "2h", "short": "1h"}],
-            "min_samples": 20,
-            "severity": "page",
-            "resolve_for": "30m",
-        }
-    ]
-    path = tmp / "policy.yaml"
-    path.write_text(yaml.safe_dump(doc, allow_unicode=True))
-    return path
 
 
 @dataclass
@@ -221,7 +199,7 @@ def test_loop_noop_teacher_exactly_once_windows_and_dead_letters(
     worker: Callable[[Run], subprocess.Popen[bytes]],
     noop_teacher_url: str,
 ) -> None:
-    policy_path = _test_policy(tmp_path)
+    policy_path = burn_rate_policy(tmp_path)
     policy = load_policy(policy_path)
     run = _make_run(settings, policy_path, noop_teacher_url, "noop")
     topics_for(run)
@@ -293,7 +271,7 @@ def test_loop_degradation_fires_and_resolves_for_that_category_only(
     topics_for: Callable[[Run], None],
     worker: Callable[[Run], subprocess.Popen[bytes]],
 ) -> None:
-    policy_path = _test_policy(tmp_path)
+    policy_path = burn_rate_policy(tmp_path)
     server = stub_server(load_policy(policy_path))
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/teacher"

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from confluent_kafka import Producer
 
 from evalloop.backtest import backtest
@@ -29,6 +28,7 @@ from schemas.alerts import Alert
 from schemas.judgments import Judgment
 from schemas.policy import load_policy
 from streams.replay import Degradation, parse_time, replay
+from tests.support.policies import burn_rate_policy
 from tests.support.stub_teacher import StubTeacher, stub_server
 
 pytestmark = pytest.mark.integration
@@ -114,33 +114,12 @@ QUIET_PARTITIONS = {"events": 4, "samples": 4, "judgments": 4, "alerts": 1, "dea
 IDLE_CLOSE_S = 5.0
 
 
-def _quiet_policy(directory: Path) -> Path:
-    doc = yaml.safe_load((ROOT / "policies" / "product-search.yaml").read_text(encoding="utf-8"))
-    doc["sampling"]["default_rate"] = 1.0
-    for category in doc["categories"]:
-        category.pop("sample_rate", None)
-    doc["alerts"] = [
-        {
-            "id": "filtered-share-burn",
-            "signal": "filtered_share",
-            "threshold": 0.4,
-            "windows": [{"long": "2h", "short": "1h"}],
-            "min_samples": 20,
-            "severity": "page",
-            "resolve_for": "30m",
-        }
-    ]
-    path = directory / "quiet-policy.yaml"
-    path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
-    return path
-
-
 def _timeline(alerts: list[Alert]) -> list[tuple[str, str, str, str]]:
     return sorted((a.updated_at.isoformat(), a.state, a.rule, a.category) for a in alerts)
 
 
 def test_quiet_hours_live_alerts_equal_the_backtest(tmp_path: Path, report_figures: Figures) -> None:
-    policy_path = _quiet_policy(tmp_path)
+    policy_path = burn_rate_policy(tmp_path, "quiet-policy.yaml")
     policy = load_policy(policy_path)
     stream = tmp_path / "quiet.jsonl"
     stream.write_bytes(b"".join(list(EVENTS.open("rb"))[:QUIET_LIMIT]))

@@ -6,6 +6,8 @@ Redis up are in tests/integration/test_worker_startup.py)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from evalloop.cli import main
@@ -26,6 +28,9 @@ CASES = [
     (["worker"], KAFKA_DOWN, "Kafka is not reachable at 127.0.0.1:1"),
     (["worker", "--policy", "/nope.yaml"], {}, "/nope.yaml"),
     (["offsets", "show"], KAFKA_DOWN, "Kafka is not reachable at 127.0.0.1:1"),
+    (["offsets", "skip", "--topic", "events", "--partition", "0", "--to", "1"], KAFKA_DOWN, "Kafka is not"),
+    (["demo"], KAFKA_DOWN, "Kafka is not reachable at 127.0.0.1:1"),
+    (["demo"], REDIS_DOWN, "Redis is not reachable at redis://127.0.0.1:1/0"),
     (["backtest", "/nope.jsonl"], {}, "no such file: /nope.jsonl"),
     (["backtest", "data/wands/events.jsonl", "--inject-degradation", "Nowhere"], {}, "unknown category"),
     (["policy", "check", "/nope.yaml"], {}, "/nope.yaml"),
@@ -47,6 +52,8 @@ def test_failures_are_one_clear_line_and_a_non_zero_exit(
     monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
+    # `demo` writes its run's settings into the environment: keep that inside this test.
+    monkeypatch.setattr(os, "environ", dict(os.environ))
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("EVALLOOP_DEBUG", raising=False)

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import redis
-import yaml
 from aiokafka import codec
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -34,6 +33,7 @@ from streams.evaluation import (
 from streams.pipeline import MemoryAlertStateStore, MemoryWindowStore, PartitionedWatermark, validate
 from streams.replay import Degradation, parse_time
 from streams.stages import handle_event, handle_idle, handle_judgments, handle_sample
+from tests.support.policies import burn_rate_policy
 from tests.support.stub_teacher import StubTeacher
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,27 +68,6 @@ def no_sleep(monkeypatch: pytest.MonkeyPatch) -> NoSleep:
     sleeper = NoSleep()
     monkeypatch.setattr(retry.asyncio, "sleep", sleeper)
     return sleeper
-
-
-def _policy(tmp_path: Path) -> Policy:
-    doc = yaml.safe_load((ROOT / "policies" / "product-search.yaml").read_text(encoding="utf-8"))
-    doc["sampling"]["default_rate"] = 1.0
-    for category in doc["categories"]:
-        category.pop("sample_rate", None)
-    doc["alerts"] = [
-        {
-            "id": "filtered-share-burn",
-            "signal": "filtered_share",
-            "threshold": 0.4,
-            "windows": [{"long": "2h", "short": "1h"}],
-            "min_samples": 20,
-            "severity": "page",
-            "resolve_for": "30m",
-        }
-    ]
-    path = tmp_path / "policy.yaml"
-    path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
-    return load_policy(path)
 
 
 class Clock:
@@ -152,7 +131,7 @@ def test_own_producers_compress_as_configured(setting: str, faust_value: str | N
 
 
 async def test_tombstones_and_empty_values_are_dead_lettered_at_every_stage(tmp_path: Path) -> None:
-    policy = _policy(tmp_path)
+    policy = load_policy(burn_rate_policy(tmp_path))
     c = _components(policy)
     out: Recording = c.outputs  # type: ignore[assignment]
     source = SourcePosition(topic="t.events", partition=0, offset=7)
@@ -227,7 +206,7 @@ class PoisonWindows(MemoryWindowStore):
 async def test_a_poison_judgment_is_isolated_from_its_batch(tmp_path: Path, no_sleep: NoSleep) -> None:
     from streams.app import aggregate_batch
 
-    policy = _policy(tmp_path)
+    policy = load_policy(burn_rate_policy(tmp_path))
     judgments = _stream_judgments(policy, tmp_path, limit=5)
     windows = PoisonWindows()
     windows.poison = judgments[2].judgment_id
@@ -293,7 +272,7 @@ async def _feed(c: Components, judgments: Sequence[Judgment], batch: int = 40) -
 
 
 async def test_the_idle_close_out_makes_live_equal_the_backtest(tmp_path: Path) -> None:
-    policy = _policy(tmp_path)
+    policy = load_policy(burn_rate_policy(tmp_path))
     judgments = _stream_judgments(policy, tmp_path)
     expected = _timeline(replay_alerts(policy, judgments, BucketWindowStore()))
     assert [state for _, state, _ in expected] == ["firing", "resolved"]
@@ -312,7 +291,7 @@ async def test_the_idle_close_out_makes_live_equal_the_backtest(tmp_path: Path) 
 
 
 async def test_each_category_has_one_evaluator_and_the_union_equals_one_worker(tmp_path: Path) -> None:
-    policy = _policy(tmp_path)
+    policy = load_policy(burn_rate_policy(tmp_path))
     judgments = _stream_judgments(policy, tmp_path, limit=150)
     single = _components(policy, partitions=4)
     alone = await _feed(single, judgments)

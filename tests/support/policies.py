@@ -1,0 +1,32 @@
+"""Test policies derived from the bundled one, written once for every test that needs them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def burn_rate_policy(directory: Path, name: str = "policy.yaml") -> Path:
+    """The bundled policy with every event sampled and one filtered-share page rule with windows
+    sized for a slice of the bundled day (2 h / 1 h, 20 samples, threshold 0.4, resolve after 30 m)."""
+    doc = yaml.safe_load((ROOT / "policies" / "product-search.yaml").read_text(encoding="utf-8"))
+    doc["sampling"]["default_rate"] = 1.0
+    for category in doc["categories"]:
+        category.pop("sample_rate", None)
+    doc["alerts"] = [
+        {
+            "id": "filtered-share-burn",
+            "signal": "filtered_share",
+            "threshold": 0.4,
+            "windows": [{"long": "2h", "short": "1h"}],
+            "min_samples": 20,
+            "severity": "page",
+            "resolve_for": "30m",
+        }
+    ]
+    path = directory / name
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    return path
