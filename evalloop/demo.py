@@ -285,11 +285,10 @@ def verdict(config: DemoConfig, live: list[Alert], expected: list[Alert]) -> tup
 
 def run_demo(config: DemoConfig) -> int:
     """Run the whole loop once; 0 when the degradation's alert fired and resolved as expected."""
-    from workers.deployment import deploy
-    from workers.runtime import shutdown
-
     from infra.local import ensure_topics
     from streams.services import require_kafka, require_redis
+    from workers.deployment import deploy
+    from workers.runtime import shutdown
 
     run_id = datetime.now(UTC).strftime("demo-%Y%m%d-%H%M%S")
     # The worker grades under the policy the teacher is deployed with (it refuses any other).

@@ -217,7 +217,12 @@ def _add_timer(loop: EvalloopApp) -> None:
         log.info("evalloop counters %s", c.metrics.snapshot())
 
     async def close_out_when_idle() -> None:
-        await until_done(c, "idle", partial(handle_idle, c))
+        # A failure here is retried at the next tick; the timer must not wait on a dependency.
+        try:
+            await handle_idle(c)
+        except Exception:
+            c.metrics.add("stage_retries", stage="idle")
+            log.exception("idle close-out failed; retrying at the next check")
 
     loop.app.timer(c.stream.log_interval_s, name="evalloop.log_counters")(log_counters)
     loop.app.timer(c.stream.idle_check_s, name="evalloop.idle_close_out")(close_out_when_idle)

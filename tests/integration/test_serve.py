@@ -21,7 +21,7 @@ from judges.base import JudgeRequest, Teacher
 from judges.fake import NoopTeacher
 from schemas.events import Item
 from schemas.judgments import Judgment
-from schemas.policy import Policy, load_policy
+from schemas.policy import Policy, identity_mismatch, load_policy
 from schemas.settings import RaySettings, ServeSettings, Settings
 from workers.config import with_replicas
 
@@ -143,6 +143,8 @@ def test_noop_two_replicas_handle_and_http(
     infos = list(by_replica.values())
     assert {info["teacher_version"] for info in infos} == {"noop-v1"}
     assert {info["policy_version"] for info in infos} == {policy.version}
+    # What a worker checks at start-up: the identity of the policy the replicas grade for.
+    assert all(identity_mismatch(info, policy) is None for info in infos)
     # 64 requests through one call went through the batcher, not one backend call each.
     assert sum(info["judged"] for info in infos) == 2 * 64
     largest = max(info["largest_batch"] for info in infos)

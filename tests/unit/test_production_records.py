@@ -339,3 +339,30 @@ def test_category_points(
 def test_close_out_point_is_the_end_of_the_bucket_after_the_latest() -> None:
     assert close_out_point(1000.0, 300) == 1500.0
     assert close_out_point(1200.0, 300) == 1800.0
+
+
+def test_status_says_what_it_is_as_of_and_when_a_firing_rule_has_no_data() -> None:
+    from streams.status import render_table
+
+    share = {"share": 0.5, "lower": 0.1, "upper": 0.9}
+    row = {"judged": 0, "errors": 0, "weighted": 0.0, "shown": share, "related": share, "filtered": share}
+    report = {
+        "as_of": "2024-06-01T06:45:00+00:00",
+        "latest_event_time": "2024-06-01T06:38:01+00:00",
+        "categories": {
+            "Furniture & Office": {
+                **row,
+                "top_failure_modes": [],
+                "alerts": {"filtered-share-burn": "firing"},
+            },
+            "Other": {**row, "judged": 12, "top_failure_modes": [], "alerts": {"filtered-share-burn": "ok"}},
+        },
+    }
+    lines = render_table(report).splitlines()
+    assert lines[0].startswith("as of 2024-06-01T06:45:00+00:00") and "06:38:01" in lines[0]
+    assert lines[3].endswith("filtered-share-burn (no data)")
+    assert lines[4].endswith("ok")
+    assert (
+        render_table({"as_of": None, "latest_event_time": None, "categories": {}})
+        == "no judgments aggregated yet"
+    )
