@@ -53,8 +53,8 @@ test-isolated: setup ## `make test` inside a loopback-only network namespace (st
 test-unit: ## Unit tests only (no services needed)
 	@$(PY) -m pytest -ra tests/unit $(PYTEST_ARGS)
 
-lint: ## ruff check + ruff format --check (checks only, changes nothing)
-	@$(PY) -m ruff check . && $(PY) -m ruff format --check .
+lint: ## ruff check + ruff format --check + the import direction (lint-imports); checks only
+	@$(PY) -m ruff check . && $(PY) -m ruff format --check . && .venv/bin/lint-imports --no-cache
 
 typecheck: ## mypy --strict on the packages listed in [tool.mypy] (pyproject.toml)
 	@$(PY) -m mypy

@@ -126,7 +126,7 @@ def ray_pids() -> dict[str, list[int]]:
 
 def service_pids(settings: Settings) -> dict[str, list[int]]:
     """Kafka and Redis of ``make up`` (from their pid files)."""
-    from infra.local import Paths, owned_pid
+    from infra.processes import Paths, owned_pid
 
     paths = Paths(settings.state_dir)
     out: dict[str, list[int]] = {}

@@ -127,7 +127,7 @@ def run_env(run_id: str) -> dict[str, str]:
 
 def require_kafka(settings: Settings) -> None:
     """BenchSkipped when the brokers do not answer."""
-    from infra.local import kafka_healthy
+    from infra.kafka_server import kafka_healthy
 
     if not kafka_healthy(settings):
         raise BenchSkipped(f"Kafka at {settings.kafka.bootstrap_servers} is not reachable; run `make up`")
@@ -135,14 +135,14 @@ def require_kafka(settings: Settings) -> None:
 
 def create_topics(settings: Settings) -> None:
     """The run's topics, with the configured partitions."""
-    from infra.local import ensure_topics
+    from infra.kafka_server import ensure_topics
 
     ensure_topics(settings)
 
 
 def delete_topics(settings: Settings) -> None:
     """Delete the run's topics (best effort: they are run-specific, nobody else reads them)."""
-    from infra.local import admin_client
+    from infra.kafka_server import admin_client
 
     names = [spec.name for spec in settings.topics.all()]
     with suppress(Exception):
@@ -221,8 +221,10 @@ def stage1_worker() -> int:
     import faust
 
     from schemas.policy import load_policy
-    from streams.app import Components, StreamSettings, create_app
+    from streams.app import create_app
+    from streams.config import StreamSettings
     from streams.pipeline import MemoryAlertStateStore, MemoryWindowStore
+    from streams.stages import Components
 
     settings = load_settings()
     components = Components(

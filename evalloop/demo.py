@@ -285,7 +285,7 @@ def verdict(config: DemoConfig, live: list[Alert], expected: list[Alert]) -> tup
 
 def run_demo(config: DemoConfig) -> int:
     """Run the whole loop once; 0 when the degradation's alert fired and resolved as expected."""
-    from infra.local import ensure_topics
+    from infra.kafka_server import ensure_topics
     from streams.services import require_kafka, require_redis
     from workers.deployment import deploy
     from workers.runtime import shutdown

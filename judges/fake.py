@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from judges.base import JudgeRequest, Teacher, error_judgment, ok_judgment
+from judges.base import JudgeRequest, error_judgment, ok_judgment
 from schemas.judgments import Judgment
 from schemas.policy import Policy
 
@@ -97,8 +97,3 @@ class FlakyTeacher(NoopTeacher):
 
     def __init__(self, policy: Policy, *, grade: int | None = None, fail_every: int = 3) -> None:
         super().__init__(policy, grade=grade, fail_every=fail_every)
-
-
-def _protocol_check(policy: Policy) -> Teacher:
-    """Static check that the fakes satisfy the Teacher protocol."""
-    return NoopTeacher(policy)

@@ -114,7 +114,7 @@ def make_run(
 
 def create_topics(settings: Settings) -> None:
     """Create the run's topics (infra's own helper: partitions and retention from the settings)."""
-    from infra.local import ensure_topics
+    from infra.kafka_server import ensure_topics
 
     ensure_topics(settings)
 

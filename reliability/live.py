@@ -133,7 +133,7 @@ def run_settings(
 
 def drop_topics(settings: Settings, names: list[str]) -> None:
     """Delete the topics ``names``; a deletion that fails or times out (30 s) is ignored."""
-    from infra.local import admin_client
+    from infra.kafka_server import admin_client
 
     admin = admin_client(settings)  # keep a reference: a collected client fails its futures
     for future in admin.delete_topics(names, operation_timeout=30).values():
@@ -287,7 +287,7 @@ def create_topics(run: LiveRun) -> None:
     """Create the run's topics (the worker never declares topics itself)."""
     counts = run.partitions
     new = [NewTopic(run.topics[s], num_partitions=counts[s], replication_factor=1) for s in STAGES]
-    from infra.local import admin_client
+    from infra.kafka_server import admin_client
 
     admin = admin_client(run.settings)  # keep a reference: a collected client fails its futures
     for future in admin.create_topics(new).values():

@@ -170,7 +170,7 @@ def end_offsets(settings: Settings, topics: list[str]) -> dict[str, int]:
 
 def group_lag(settings: Settings, group: str, topics: list[str]) -> dict[str, int]:
     """Per topic: high watermark − the group's committed offset, summed over partitions."""
-    from infra.local import admin_client
+    from infra.kafka_server import admin_client
 
     admin = admin_client(settings)
     request = [ConsumerGroupTopicPartitions(group)]

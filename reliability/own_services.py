@@ -32,7 +32,7 @@ def own_settings(base: Settings, state_dir: Path = OWN_STATE) -> Settings:
 
 def _share_jars(paths: Any) -> None:
     """Reuse the jars `make up` resolved (a symlink) instead of a second Maven resolution."""
-    from infra.local import Paths
+    from infra.processes import Paths
 
     shared = Paths(Path(".evalloop")).kafka_libs.resolve()
     target: Path = paths.kafka_libs
@@ -45,7 +45,7 @@ class OwnServices:
     """A Kafka broker and a Redis of this check only (own ports and state dir), restartable."""
 
     def __init__(self, settings: Settings) -> None:
-        from infra.local import Paths
+        from infra.processes import Paths
 
         self.settings = settings
         self.paths = Paths(settings.state_dir)
@@ -57,7 +57,7 @@ class OwnServices:
 
     def start_kafka(self) -> None:
         """Start the broker and wait until it answers."""
-        from infra.local import start_kafka
+        from infra.kafka_server import start_kafka
 
         _share_jars(self.paths)
         for line in start_kafka(self.settings, self.paths):
@@ -65,7 +65,7 @@ class OwnServices:
 
     def start_redis(self) -> None:
         """Start Redis (no persistence) and wait for PING."""
-        from infra.local import start_redis
+        from infra.redis_server import start_redis
 
         for line in start_redis(self.settings, self.paths):
             log(line)
@@ -79,7 +79,7 @@ class OwnServices:
         self._stop("redis", "redis-server")
 
     def _stop(self, service: str, marker: str) -> None:
-        from infra.local import owned_pid, stop_pid
+        from infra.processes import owned_pid, stop_pid
 
         pid = owned_pid(self.paths, service, marker)
         if pid is not None and not stop_pid(pid):
@@ -88,7 +88,9 @@ class OwnServices:
 
     def stop(self) -> list[int]:
         """Stop both; returns pids of ours still alive (should be empty)."""
-        from infra.local import kafka_strays, redis_strays, stop_pid
+        from infra.kafka_server import kafka_strays
+        from infra.processes import stop_pid
+        from infra.redis_server import redis_strays
 
         self.stop_kafka()
         self.stop_redis()

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 from pydantic import (
     AfterValidator,
@@ -79,22 +78,3 @@ def describe_validation_error(error: ValidationError) -> SchemaError:
     if len(issues) > 5:
         parts.append(f"... and {len(issues) - 5} more")
     return SchemaError(first_field, "; ".join(parts))
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-def strip_control_chars(text: str) -> str:
-    """Control characters have no business in display text and break terminals and prompts."""
-    return _CONTROL.sub("", text)
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def model_validate_or_raise(model: type[M], data: Any) -> M:
-    """Validate Python data into ``model``, raising SchemaError (naming the field) on failure."""
-    try:
-        return model.model_validate(data, strict=False)
-    except ValidationError as error:
-        raise describe_validation_error(error) from None

@@ -25,22 +25,15 @@ import faust
 
 from schemas.alerts import Alert
 from streams.config import (
-    COUNTER_NAMES,
-    LoopMetrics,
-    StreamSettings,
-    broker_credentials,
-    broker_urls,
     faust_config,
 )
 from streams.deadletter import SourcePosition
-from streams.retry import MAX_RETRY_PAUSE_S, dead_lettering, until_done
+from streams.retry import dead_lettering, until_done
 from streams.stages import (
     SOURCE_PARTITION_HEADER,
     STAGE_TOPICS,
     Components,
-    Outputs,
     OutRecord,
-    Records,
     handle_event,
     handle_idle,
     handle_judgments,
@@ -48,32 +41,6 @@ from streams.stages import (
 )
 
 log = logging.getLogger(__name__)
-
-# Settings, metrics, components and stage handlers live in streams.config / streams.stages;
-# re-exported here for callers.
-__all__ = [
-    "COUNTER_NAMES",
-    "MAX_RETRY_PAUSE_S",
-    "SOURCE_PARTITION_HEADER",
-    "STAGE_TOPICS",
-    "Components",
-    "EvalloopApp",
-    "FaustOutputs",
-    "LoopMetrics",
-    "OutRecord",
-    "Outputs",
-    "Records",
-    "StreamSettings",
-    "broker_credentials",
-    "broker_urls",
-    "create_app",
-    "faust_config",
-    "handle_event",
-    "handle_judgments",
-    "handle_sample",
-    "source_partition",
-    "until_done",
-]
 
 
 # --------------------------------------------------------------------------- Faust wiring

@@ -41,8 +41,6 @@ from streams.sampling import SampleDecision, Sampler
 from streams.watermark import Watermark
 from streams.windows import WindowAggregate, WindowStats
 
-#: Default lateness the watermark allows before windows count as closed (event time).
-DEFAULT_ALLOWED_LATENESS_S = 600.0
 #: Recent judgments kept per category to pick alert examples from.
 RECENT_PER_CATEGORY = 200
 

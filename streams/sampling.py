@@ -128,10 +128,6 @@ class Sampler:
         """Circuit hook: while ``open`` (teacher down), sampled events are shed, not queued."""
         self._circuit_open = open
 
-    @property
-    def circuit_open(self) -> bool:
-        return self._circuit_open
-
     def decide(self, event: RecommendationEvent, now: float) -> SampleDecision:
         """Decide whether to judge ``event``; ``now`` (seconds) drives the budget only."""
         counters = self._counters.setdefault(event.category, _CategoryCounters())

@@ -150,10 +150,6 @@ class WindowStore:
             aggregate.update(start, _floats(raw))
         return aggregate.result()
 
-    def read_many(self, category: str, windows_s: Sequence[int], end_epoch: float) -> dict[int, WindowStats]:
-        """Several windows at once (e.g. ``required_windows(rule)``), keyed by seconds."""
-        return {w: self.read(category, w, end_epoch) for w in windows_s}
-
     def categories(self) -> set[str]:
         """Every category that has had a judgment applied (within the TTL of its buckets)."""
         return {_text(member) for member in self.redis.smembers(self.categories_key)}

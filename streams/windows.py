@@ -29,8 +29,6 @@ from schemas.judgments import Judgment
 from schemas.policy import AlertRule, parse_duration
 
 DEFAULT_BUCKET_SECONDS = 300
-STANDARD_WINDOWS = ("5m", "30m", "1h", "6h", "24h")
-DISPLAYS = ("show", "related", "filter")
 #: Signals whose rate needs no extra argument; failure-mode rates are keyed "failure_mode_share:<id>".
 PLAIN_SIGNALS = ("filtered_share", "not_shown_share", "error_share")
 _BAD_DISPLAYS: dict[str, tuple[str, ...]] = {
@@ -253,8 +251,3 @@ class WindowAggregate:
             counters=counters,
             end_epoch=math.ceil(self.end_epoch),
         )
-
-
-def empty_stats(window_s: int) -> WindowStats:
-    """Stats of a window with no judgments."""
-    return WindowAggregate(window_s, 0, bucket_seconds=window_s).result()

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     """Print the status table (or JSON)."""
     from schemas.policy import load_policy, parse_duration
     from schemas.settings import load_settings
-    from streams.app import StreamSettings
+    from streams.config import StreamSettings
     from streams.services import require_redis
     from streams.status import collect, known_windows, redis_from_settings, render_json, render_table
 

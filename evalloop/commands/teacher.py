@@ -44,6 +44,9 @@ def run_fit(args: argparse.Namespace) -> int:
         golden_path = Path(args.golden or policy.golden.file)
         raw = golden_path.read_bytes()
         items = parse_golden(raw.decode("utf-8").splitlines(), source=str(golden_path))
+    except FileNotFoundError as exc:
+        print(f"evalloop teacher fit: no such file: {exc.filename}", file=sys.stderr)
+        return 2
     except (GoldenFormatError, PolicyError, OSError, UnicodeDecodeError) as exc:
         print(f"evalloop teacher fit: error: {exc}", file=sys.stderr)
         return 2

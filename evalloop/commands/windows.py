@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     """Rebuild and print the counts."""
     from schemas.policy import load_policy
     from schemas.settings import load_settings
-    from streams.app import StreamSettings
+    from streams.config import StreamSettings
     from streams.rebuild import rebuild
     from streams.services import require_kafka, require_redis
 

@@ -52,9 +52,11 @@ def build(policy_path: Path | None = None, allow_policy_version_bump: bool = Fal
 
     from schemas.policy import load_policy
     from schemas.settings import load_settings
-    from streams.app import Components, StreamSettings, create_app
+    from streams.app import create_app
+    from streams.config import StreamSettings
     from streams.notify import HttpxWebhookSender
     from streams.services import require_kafka, require_redis
+    from streams.stages import Components
     from streams.status import LoopStateStore, redis_from_settings
     from streams.teacher_client import CircuitBreaker, ServeTeacherClient, check_teacher, serve_url
     from streams.window_store import AlertStateStore, WindowStore

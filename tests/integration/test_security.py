@@ -34,7 +34,7 @@ from schemas.events import Item
 from schemas.judgments import Judgment
 from schemas.policy import Policy, load_policy
 from schemas.settings import KafkaSettings, RedisSettings, Settings
-from streams.app import broker_credentials
+from streams.config import broker_credentials
 from streams.notify import (
     SIGNATURE_HEADER,
     HttpxWebhookSender,
@@ -745,7 +745,7 @@ def listening_addresses(pid: int) -> list[tuple[str, int]]:
 
 
 def _service_pids(settings: Settings) -> dict[str, int]:
-    from infra.local import Paths, owned_pid
+    from infra.processes import Paths, owned_pid
 
     paths = Paths(settings.state_dir)
     found = {

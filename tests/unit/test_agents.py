@@ -14,8 +14,10 @@ from schemas.events import Sample, parse_event
 from schemas.judgments import Judgment, judgment_id_for
 from schemas.policy import Policy, load_policy
 from schemas.settings import Settings, TopicSettings, TopicSpec
-from streams.app import Components, OutRecord, StreamSettings, create_app
+from streams.app import create_app
+from streams.config import StreamSettings
 from streams.pipeline import MemoryAlertStateStore, MemoryWindowStore, TeacherRequest, to_requests
+from streams.stages import Components, OutRecord
 from streams.teacher_client import error_judgment_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -201,8 +203,8 @@ def _components(policy: Policy, teacher: Any, partitions: int) -> tuple[Componen
 async def test_samples_keep_their_event_partition_and_judgments_name_it(
     policy: Policy, raw_events: list[bytes]
 ) -> None:
-    from streams.app import SOURCE_PARTITION_HEADER, handle_event, handle_sample
     from streams.deadletter import SourcePosition
+    from streams.stages import SOURCE_PARTITION_HEADER, handle_event, handle_sample
 
     components, outputs = _components(policy, FakeTeacher(policy, grade=4), partitions=4)
     names = components.topic_names
@@ -248,7 +250,7 @@ async def test_a_slow_source_partition_holds_the_watermark_and_loses_nothing(
 ) -> None:
     """Source partition 0 is hours ahead of partition 1 (max-speed replay): partition 1's older
     judgments must still count, and rules must not be evaluated past partition 1's progress."""
-    from streams.app import handle_judgments
+    from streams.stages import handle_judgments
 
     components, outputs = _components(policy, FakeTeacher(policy, grade=0), partitions=2)
     teacher = FakeTeacher(policy, grade=0)
@@ -280,7 +282,7 @@ def test_every_counter_the_stages_add_is_registered() -> None:
     """An unregistered counter name raises inside an agent and crashes it: check them all."""
     import re
 
-    from streams.app import COUNTER_NAMES
+    from streams.config import COUNTER_NAMES
 
     source = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "streams").glob("*.py"))
     used = set(re.findall(r'metrics\.add\(\s*"([a-z_]+)"', source))

@@ -38,6 +38,7 @@ CASES = [
     (["gate2", "--golden", "/nope.jsonl"], {}, "/nope.jsonl"),
     (["golden", "check", "/nope.jsonl"], {}, "/nope.jsonl"),
     (["serve", "--policy", "/nope.yaml"], {}, "/nope.yaml"),
+    (["teacher", "fit", "--golden", "/nope.jsonl"], {}, "no such file: /nope.jsonl"),
     (["status"], {"EVALLOOP_REDIS__URL": "http://nope"}, "invalid setting redis.url"),
 ]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from infra import local
+from infra import kafka_server, processes, redis_server
 from schemas.settings import TopicSpec
 
 
@@ -25,7 +25,7 @@ from schemas.settings import TopicSpec
     ],
 )
 def test_loopback_endpoint(address: str, expected: tuple[str, int] | None) -> None:
-    assert local.loopback_endpoint(address) == expected
+    assert kafka_server.loopback_endpoint(address) == expected
 
 
 @pytest.mark.parametrize(
@@ -39,7 +39,7 @@ def test_loopback_endpoint(address: str, expected: tuple[str, int] | None) -> No
     ],
 )
 def test_redis_loopback_endpoint(url: str, expected: tuple[str, int] | None) -> None:
-    assert local.redis_loopback_endpoint(url) == expected
+    assert redis_server.redis_loopback_endpoint(url) == expected
 
 
 @pytest.mark.parametrize(
@@ -47,7 +47,7 @@ def test_redis_loopback_endpoint(url: str, expected: tuple[str, int] | None) -> 
     [("1234\n", 1234), ("  42 ", 42), ("", None), ("0", None), ("-5", None), ("abc", None), ("12 34", None)],
 )
 def test_parse_pid(text: str, expected: int | None) -> None:
-    assert local.parse_pid(text) == expected
+    assert processes.parse_pid(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -58,21 +58,21 @@ def test_parse_pid(text: str, expected: int | None) -> None:
     ],
 )
 def test_pinned_kafka_version(pom: str, expected: str) -> None:
-    assert local.pinned_kafka_version(pom) == expected
+    assert kafka_server.pinned_kafka_version(pom) == expected
 
 
 def test_pinned_kafka_version_missing() -> None:
-    with pytest.raises(local.ServiceError):
-        local.pinned_kafka_version("<project/>")
+    with pytest.raises(processes.ServiceError):
+        kafka_server.pinned_kafka_version("<project/>")
 
 
 def test_repo_pom_pins_a_kafka_version() -> None:
-    assert local.kafka_version().split(".")[0].isdigit()
+    assert kafka_server.kafka_version().split(".")[0].isdigit()
 
 
 def test_render_server_properties_from_repo_template() -> None:
-    text = local.render_server_properties(
-        local.PROPERTIES_TEMPLATE.read_text(), "127.0.0.1", 19092, Path("/state/kafka/data")
+    text = kafka_server.render_server_properties(
+        kafka_server.PROPERTIES_TEMPLATE.read_text(), "127.0.0.1", 19092, Path("/state/kafka/data")
     )
     props = dict(
         line.split("=", 1) for line in text.splitlines() if line.strip() and not line.startswith("#")
@@ -106,7 +106,7 @@ def test_render_server_properties_from_repo_template() -> None:
 def test_render_redis_conf(
     password: str | None, username: str | None, present: list[str], absent: list[str]
 ) -> None:
-    conf = local.render_redis_conf("127.0.0.1", 16379, Path("/state/redis"), password, username)
+    conf = redis_server.render_redis_conf("127.0.0.1", 16379, Path("/state/redis"), password, username)
     lines = conf.splitlines()
     assert 'dir "/state/redis"' in lines
     for line in present:
@@ -116,9 +116,9 @@ def test_render_redis_conf(
 
 
 def test_new_cluster_id_is_valid_and_unique() -> None:
-    ids = {local.new_cluster_id() for _ in range(200)}
+    ids = {kafka_server.new_cluster_id() for _ in range(200)}
     assert len(ids) == 200
-    assert all(local.is_cluster_id(each) and len(each) == 22 for each in ids)
+    assert all(kafka_server.is_cluster_id(each) and len(each) == 22 for each in ids)
 
 
 @pytest.mark.parametrize(
@@ -126,7 +126,7 @@ def test_new_cluster_id_is_valid_and_unique() -> None:
     [("MkU3OEVBNTcwNTJENDM2Qk", True), ("-kU3OEVBNTcwNTJENDM2Qk", False), ("short", False), ("", False)],
 )
 def test_is_cluster_id(text: str, valid: bool) -> None:
-    assert local.is_cluster_id(text) is valid
+    assert kafka_server.is_cluster_id(text) is valid
 
 
 SPECS = [
@@ -148,13 +148,13 @@ SPECS = [
 def test_plan_topics(
     existing: dict[str, int], create: list[str], too_few: list[tuple[str, int, int]]
 ) -> None:
-    missing, fewer = local.plan_topics(SPECS, existing)
+    missing, fewer = kafka_server.plan_topics(SPECS, existing)
     assert [spec.name for spec in missing] == create
     assert fewer == too_few
 
 
 def test_paths_layout() -> None:
-    paths = local.Paths(Path(".evalloop"))
+    paths = processes.Paths(Path(".evalloop"))
     assert paths.pid_file("kafka") == Path(".evalloop/run/kafka.pid")
     assert paths.log_file("redis") == Path(".evalloop/logs/redis.log")
     assert paths.kafka_libs == Path(".evalloop/kafka/libs")
@@ -165,16 +165,16 @@ def test_paths_layout() -> None:
 def test_tail(tmp_path: Path, lines: int, expected: str) -> None:
     log = tmp_path / "x.log"
     log.write_text("a\nb\nc\nd\n")
-    assert local.tail(log, lines) == expected
-    assert local.tail(tmp_path / "missing.log") == ""
+    assert processes.tail(log, lines) == expected
+    assert processes.tail(tmp_path / "missing.log") == ""
 
 
 def test_process_helpers_on_this_process() -> None:
     import os
 
-    assert local.process_alive(os.getpid())
-    assert "python" in local.cmdline(os.getpid())
-    assert not local.process_alive(2**22 + 1)
+    assert processes.process_alive(os.getpid())
+    assert "python" in processes.cmdline(os.getpid())
+    assert not processes.process_alive(2**22 + 1)
 
 
 @pytest.mark.parametrize(
@@ -188,13 +188,13 @@ def test_process_helpers_on_this_process() -> None:
 )
 def test_with_descendants(roots: list[int], expected: set[int]) -> None:
     parents = {10: 1, 11: 10, 12: 10, 13: 12, 20: 1, 21: 2}
-    assert local.with_descendants(roots, parents) == expected
+    assert processes.with_descendants(roots, parents) == expected
 
 
 def test_parent_pids_knows_this_process() -> None:
     import os
 
-    assert local.parent_pids()[os.getpid()] == os.getppid()
+    assert processes.parent_pids()[os.getpid()] == os.getppid()
 
 
 def test_reset_keeps_the_jars_and_removes_data_logs_and_state(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from schemas.judgments import Judgment
 from schemas.policy import Policy, load_policy
 from schemas.settings import KafkaSettings, Settings, TopicSettings, TopicSpec
 from streams import retry
-from streams.app import Components, OutRecord, StreamSettings, faust_config
+from streams.config import StreamSettings, faust_config
 from streams.deadletter import SourcePosition
 from streams.evaluation import (
     MemoryLoopState,
@@ -32,7 +32,7 @@ from streams.evaluation import (
 )
 from streams.pipeline import MemoryAlertStateStore, MemoryWindowStore, PartitionedWatermark, validate
 from streams.replay import Degradation, parse_time
-from streams.stages import handle_event, handle_idle, handle_judgments, handle_sample
+from streams.stages import Components, OutRecord, handle_event, handle_idle, handle_judgments, handle_sample
 from tests.support.policies import burn_rate_policy
 from tests.support.stub_teacher import StubTeacher
 
