@@ -16,28 +16,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import faust
 
 from schemas.alerts import Alert
-from streams.config import (
-    faust_config,
-)
+from streams.config import faust_config
 from streams.deadletter import SourcePosition
-from streams.retry import dead_lettering, until_done
+from streams.retry import GiveUp, dead_lettering, until_done
 from streams.stages import (
     SOURCE_PARTITION_HEADER,
     STAGE_TOPICS,
     Components,
+    Incoming,
     OutRecord,
-    handle_event,
+    handle_events,
     handle_idle,
     handle_judgments,
-    handle_sample,
+    handle_samples,
 )
 
 log = logging.getLogger(__name__)
@@ -121,50 +120,64 @@ def create_app(components: Components, *, faust_app: Any = None) -> EvalloopApp:
     return loop
 
 
-async def aggregate_batch(
-    c: Components, raws: Sequence[bytes | None], partitions: Sequence[int], sources: Sequence[SourcePosition]
-) -> int:
-    """Stage 3 over a batch; if the batch keeps failing for a record's own reason, each record is
-    retried alone so only the one(s) at fault are dead-lettered."""
-    whole = partial(handle_judgments, c, raws, partitions)
+T = TypeVar("T")
+BatchHandler = Callable[[Sequence[Incoming]], Awaitable[list[T]]]
 
-    async def one_by_one(_: BaseException) -> list[Alert]:
-        alerts: list[Alert] = []
-        for raw, partition, source in zip(raws, partitions, sources, strict=True):
-            single = partial(handle_judgments, c, [raw], [partition])
-            alerts += await until_done(
-                c, "aggregate", single, dead_lettering(c, "aggregate", raw, source, [])
-            )
-        return alerts
 
-    if len(raws) == 1:
-        return len(
-            await until_done(c, "aggregate", whole, dead_lettering(c, "aggregate", raws[0], sources[0], []))
-        )
-    return len(await until_done(c, "aggregate", whole, one_by_one))
+async def run_batch(
+    c: Components, stage: str, batch: Sequence[Incoming], handler: BatchHandler[T]
+) -> list[T]:
+    """Run a stage's ``handler`` over ``batch`` until it succeeds (``until_done``); if the batch
+    keeps failing for a record's own reason, each record is retried alone so only the one(s) at
+    fault are dead-lettered (``processing_error``) and the rest go through."""
+
+    async def one_by_one(_: BaseException) -> list[T]:
+        results: list[T] = []
+        for item in batch:
+            give_up: GiveUp[list[T]] = dead_lettering(c, stage, item.raw, item.source, [])
+            results += await until_done(c, stage, partial(handler, [item]), give_up)
+        return results
+
+    if len(batch) == 1:
+        only: GiveUp[list[T]] = dead_lettering(c, stage, batch[0].raw, batch[0].source, [])
+        return await until_done(c, stage, partial(handler, batch), only)
+    return await until_done(c, stage, partial(handler, batch), one_by_one)
+
+
+async def aggregate_batch(c: Components, batch: Sequence[Incoming]) -> int:
+    """Stage 3 over a batch of judgments (see ``run_batch``); returns how many alerts it emitted."""
+
+    async def handler(items: Sequence[Incoming]) -> list[Alert]:
+        partitions = [item.source_partition or 0 for item in items]
+        return await handle_judgments(c, [item.raw for item in items], partitions)
+
+    return len(await run_batch(c, "aggregate", batch, handler))
+
+
+def _incoming(events: Sequence[Any], with_source_partition: bool = False) -> list[Incoming]:
+    return [
+        Incoming(e.value, _position(e), source_partition(e) if with_source_partition else None)
+        for e in events
+    ]
 
 
 def _add_agents(loop: EvalloopApp) -> None:
     app, topics, c = loop.app, loop.topics, loop.components
+    stream = c.stream
 
-    async def validate_and_sample(stream: Any) -> Any:
-        async for event in stream.events():
-            raw, source = event.value, _position(event)
-            step = partial(handle_event, c, raw, source)
-            yield await until_done(
-                c, "validate", step, dead_lettering(c, "validate", raw, source, "processing_error")
-            )
+    async def validate_and_sample(events_stream: Any) -> Any:
+        async for events in events_stream.take_events(stream.ingest_batch, within=stream.ingest_within_s):
+            yield len(await run_batch(c, "validate", _incoming(events), partial(handle_events, c)))
 
-    async def judge(stream: Any) -> Any:
-        async for event in stream.events():
-            raw, source = event.value, _position(event)
-            step = partial(handle_sample, c, raw, source)
-            yield len(await until_done(c, "judge", step, dead_lettering(c, "judge", raw, source, [])))
+    async def judge(samples_stream: Any) -> Any:
+        async for events in samples_stream.take_events(stream.judge_batch, within=stream.judge_within_s):
+            yield len(await run_batch(c, "judge", _incoming(events), partial(handle_samples, c)))
 
-    async def aggregate_and_alert(stream: Any) -> Any:
-        async for events in stream.take_events(c.stream.aggregate_batch, within=c.stream.aggregate_within_s):
-            values, partitions = [e.value for e in events], [source_partition(e) for e in events]
-            yield await aggregate_batch(c, values, partitions, [_position(e) for e in events])
+    async def aggregate_and_alert(judgments_stream: Any) -> Any:
+        async for events in judgments_stream.take_events(
+            stream.aggregate_batch, within=stream.aggregate_within_s
+        ):
+            yield await aggregate_batch(c, _incoming(events, with_source_partition=True))
 
     loop.validate_agent = app.agent(topics["events"], name="evalloop.validate_and_sample")(
         validate_and_sample

@@ -1,8 +1,7 @@
 """Settings and metrics of the streaming worker, and the Faust app's broker configuration.
 
-``StreamSettings`` holds the worker's knobs (``EVALLOOP_STREAM_*``), ``LoopMetrics`` its counters
-(``COUNTER_NAMES``); ``faust_config`` maps ``Settings`` onto Faust's App keyword arguments.
-``streams.app`` re-exports these names.
+``StreamSettings`` holds the worker's knobs (``EVALLOOP_STREAM_*``); ``faust_config`` maps
+``Settings`` onto Faust's App keyword arguments. The counters are ``streams.metrics``.
 """
 
 from __future__ import annotations
@@ -10,36 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import faust
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.events import UnknownFields
 from schemas.settings import KafkaSettings, Settings
-
-#: Counters of the loop (OpenTelemetry ``evalloop.<name>``); attributes add category/reason.
-COUNTER_NAMES = (
-    "events_seen",
-    "events_invalid",
-    "events_late",
-    "sampled",
-    "not_sampled",
-    "shed",
-    "samples_invalid",
-    "judged_ok",
-    "judged_error",
-    "windows_applied",
-    "duplicates_ignored",
-    "judgments_late",
-    "judgments_after_evaluation",
-    "alerts_emitted",
-    "webhook_failures",
-    "stage_retries",
-    "unknown_fields",
-    "processing_errors",
-    "idle_advances",
-)
 
 
 class StreamSettings(BaseSettings):
@@ -63,6 +37,13 @@ class StreamSettings(BaseSettings):
     #: Events dated further ahead of the wall clock than this are dead-lettered ("future").
     max_future_s: float = Field(default=3600.0, gt=0.0)
     window_ttl_s: int = Field(default=2 * 86400, ge=60)
+    #: Stage 1 takes up to this many events at once (waiting at most ``ingest_within_s``) and
+    #: waits once for the acknowledgements of everything the batch published.
+    ingest_batch: int = Field(default=200, ge=1, le=10_000)
+    ingest_within_s: float = Field(default=0.2, gt=0.0)
+    #: The judge stage takes up to this many samples at once: one teacher round, one wait for acks.
+    judge_batch: int = Field(default=32, ge=1, le=1000)
+    judge_within_s: float = Field(default=0.2, gt=0.0)
     judge_concurrency: int = Field(default=4, ge=1, le=256)
     teacher_url: str | None = None
     #: At start-up, how long (wall seconds) to wait for the teacher to answer its info.
@@ -72,7 +53,9 @@ class StreamSettings(BaseSettings):
     teacher_timeout_s: float = Field(default=30.0, gt=0.0)
     teacher_retries: int = Field(default=3, ge=0, le=20)
     teacher_max_concurrency: int = Field(default=8, ge=1, le=1024)
-    teacher_max_batch: int = Field(default=64, ge=1, le=1000)
+    #: Requests per teacher call (a judge batch is split into calls of this size, sent concurrently;
+    #: keep it within the Serve deployment's ``max_requests_per_call``).
+    teacher_max_batch: int = Field(default=320, ge=1, le=100_000)
     breaker_failures: int = Field(default=5, ge=1)
     breaker_cooldown_s: float = Field(default=10.0, gt=0.0)
     aggregate_batch: int = Field(default=500, ge=1)
@@ -92,30 +75,6 @@ class StreamSettings(BaseSettings):
     broker_rebalance_timeout_s: float = 10.0
     broker_request_timeout_s: float = 20.0
     commit_interval_s: float = 1.0
-
-
-class LoopMetrics:
-    """The loop's counters: OpenTelemetry (in-memory reader unless a provider is given) plus a
-    plain process-local tally for logs and tests."""
-
-    def __init__(self, provider: MeterProvider | None = None) -> None:
-        self.reader: InMemoryMetricReader | None = None
-        if provider is None:
-            self.reader = InMemoryMetricReader()
-            provider = MeterProvider(metric_readers=[self.reader])
-        meter = provider.get_meter("evalloop.streams")
-        self._counters = {name: meter.create_counter(f"evalloop.{name}") for name in COUNTER_NAMES}
-        self._tally: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
-
-    def add(self, name: str, amount: int = 1, **attributes: str) -> None:
-        """Count ``amount`` under ``name`` (attributes go to OpenTelemetry only)."""
-        if amount:
-            self._tally[name] += amount
-            self._counters[name].add(amount, attributes=attributes)
-
-    def snapshot(self) -> dict[str, int]:
-        """Totals since start."""
-        return dict(self._tally)
 
 
 def broker_urls(bootstrap_servers: str) -> list[str]:

@@ -19,8 +19,9 @@ import httpx
 import redis
 from aiokafka import errors as aiokafka_errors
 
-from streams.config import LoopMetrics, StreamSettings
+from streams.config import StreamSettings
 from streams.deadletter import DeadLetter, SourcePosition, dead_letter
+from streams.metrics import LoopMetrics
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,7 @@ from schemas.judgments import Judgment
 from schemas.policy import Policy
 from schemas.settings import Settings
 from streams import pipeline
-from streams.config import (
-    LoopMetrics,
-    StreamSettings,
-)
+from streams.config import StreamSettings
 from streams.deadletter import DeadLetter, Reason, SourcePosition, dead_letter
 from streams.evaluation import (
     LoopStateLike,
@@ -34,9 +31,11 @@ from streams.evaluation import (
     close_out_point,
     owned_categories,
 )
+from streams.metrics import LoopMetrics
 from streams.notify import RetryPolicy, WebhookSender, WebhookTarget, deliver
 from streams.sampling import Sampler
 from streams.teacher_client import CircuitBreaker, TeacherClient
+from streams.window_store import CachedWindows
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +107,8 @@ class Components:
         self.last_input_wall = self.clock()
         #: Serialises evaluation between the aggregate agent and the idle timer.
         self.evaluation_lock = asyncio.Lock()
+        #: The judgments partitions owned at the last evaluation (a change drops cached windows).
+        self.last_owned: frozenset[int] | None = None
 
     @property
     def topic_names(self) -> dict[str, str]:
@@ -126,8 +127,45 @@ class Components:
 # --------------------------------------------------------------------------- stage handlers
 
 
+class Incoming(NamedTuple):
+    """One input record: its value (None for a tombstone), where it was read, and for judgments
+    the samples partition it came from (the header; None: the record's own partition)."""
+
+    raw: bytes | None
+    source: SourcePosition | None = None
+    source_partition: int | None = None
+
+
+@dataclass
+class Publication:
+    """What one batch publishes, by stage topic; sent together, acknowledged together."""
+
+    by_topic: dict[str, list[OutRecord]] = field(default_factory=dict)
+
+    def add(self, topic: str, record: OutRecord) -> None:
+        """Queue ``record`` for the stage topic ``topic``."""
+        self.by_topic.setdefault(topic, []).append(record)
+
+    async def send(self, c: Components) -> None:
+        """Publish every queued record and wait for all acknowledgements (at-least-once)."""
+        await asyncio.gather(*(c.publish(topic, records) for topic, records in self.by_topic.items()))
+
+
 async def handle_event(c: Components, raw: bytes | None, source: SourcePosition | None) -> str:
     """Stage 1 for one event; returns what happened (for tests and logs)."""
+    return (await handle_events(c, [Incoming(raw, source)]))[0]
+
+
+async def handle_events(c: Components, batch: Sequence[Incoming]) -> list[str]:
+    """Stage 1 for a batch: validate and sample each event, then publish the dead letters and
+    samples of the whole batch with one wait for their acknowledgements."""
+    out = Publication()
+    outcomes = [_ingest(c, item.raw, item.source, out) for item in batch]
+    await out.send(c)
+    return outcomes
+
+
+def _ingest(c: Components, raw: bytes | None, source: SourcePosition | None, out: Publication) -> str:
     c.metrics.add("events_seen")
     if source is not None and source.partition is not None and source.offset is not None:
         c.event_offsets[source.partition] = source.offset
@@ -141,7 +179,7 @@ async def handle_event(c: Components, raw: bytes | None, source: SourcePosition 
     )
     if isinstance(outcome, DeadLetter):
         c.metrics.add("events_late" if outcome.reason == "late" else "events_invalid", reason=outcome.reason)
-        await c.publish("dead_letters", [(None, outcome.to_bytes())])
+        out.add("dead_letters", OutRecord(None, outcome.to_bytes()))
         return f"dead_letter:{outcome.reason}"
     for name in outcome.unknown_fields:
         c.metrics.add("unknown_fields", field=name)
@@ -159,7 +197,7 @@ async def handle_event(c: Components, raw: bytes | None, source: SourcePosition 
     # event-time order (the aggregate stage's watermark relies on it).
     same_layout = c.settings.topics.samples.partitions == c.settings.topics.events.partitions
     partition = source.partition if source is not None and same_layout else None
-    await c.publish("samples", [OutRecord(key, chosen.sample.model_dump_json().encode(), partition)])
+    out.add("samples", OutRecord(key, chosen.sample.model_dump_json().encode(), partition))
     return "sampled"
 
 
@@ -170,26 +208,53 @@ def _empty_reason(raw: bytes | None) -> Reason | None:
     return None if raw.strip() else "empty"
 
 
-async def handle_sample(c: Components, raw: bytes | None, source: SourcePosition | None) -> list[Judgment]:
-    """Stage 2 for one sample: judge its items and publish the judgments keyed by category."""
+def _parse_sample(
+    raw: bytes | None, source: SourcePosition | None, c: Components, out: Publication
+) -> Sample | None:
     try:
         if (empty := _empty_reason(raw)) is not None:
             raise ValueError(f"{empty} value on the samples topic")
         assert raw is not None
-        chosen = Sample.model_validate_json(raw)
+        return Sample.model_validate_json(raw)
     except (ValidationError, ValueError) as error:
         c.metrics.add("samples_invalid")
         reason = _empty_reason(raw) or "schema"
         letter = dead_letter(raw, reason, detail=f"bad sample: {str(error)[:500]}", source=source)
-        await c.publish("dead_letters", [(None, letter.to_bytes())])
-        return []
-    requests = pipeline.to_requests(chosen, c.policy.sampling.max_items_per_event)
-    judgments = await c.teacher.judge(requests)
-    for judgment in judgments:
+        out.add("dead_letters", OutRecord(None, letter.to_bytes()))
+        return None
+
+
+async def handle_sample(c: Components, raw: bytes | None, source: SourcePosition | None) -> list[Judgment]:
+    """Stage 2 for one sample: judge its items and publish the judgments keyed by category."""
+    return await handle_samples(c, [Incoming(raw, source)])
+
+
+async def handle_samples(c: Components, batch: Sequence[Incoming]) -> list[Judgment]:
+    """Stage 2 for a batch: judge every item of every sample in one teacher round (the client
+    splits it into calls of ``teacher_max_batch`` sent concurrently), then publish all judgments
+    keyed by category, each naming its sample's partition, with one wait for the acknowledgements."""
+    out = Publication()
+    requests: list[pipeline.TeacherRequest] = []
+    headers: list[tuple[tuple[str, bytes], ...]] = []
+    for item in batch:
+        chosen = _parse_sample(item.raw, item.source, c, out)
+        if chosen is None:
+            continue
+        pairs = pipeline.to_requests(chosen, c.policy.sampling.max_items_per_event)
+        partition = item.source.partition if item.source is not None else None
+        header: tuple[tuple[str, bytes], ...] = ()
+        if partition is not None:
+            header = ((SOURCE_PARTITION_HEADER, str(partition).encode()),)
+        requests += pairs
+        headers += [header] * len(pairs)
+    judgments = await c.teacher.judge(requests) if requests else []
+    for judgment, header in zip(judgments, headers, strict=True):
         c.metrics.add("judged_ok" if judgment.status == "ok" else "judged_error", category=judgment.category)
-    headers = ((SOURCE_PARTITION_HEADER, str(source.partition).encode()),) if source is not None else ()
-    records = [OutRecord(j.category.encode(), j.model_dump_json().encode(), None, headers) for j in judgments]
-    await c.publish("judgments", records)
+        out.add(
+            "judgments",
+            OutRecord(judgment.category.encode(), judgment.model_dump_json().encode(), None, header),
+        )
+    await out.send(c)
     return judgments
 
 
@@ -227,9 +292,10 @@ async def handle_judgments(
     judgments, bad, parts = _parse_judgments(raws, partitions or [0] * len(raws))
     letters = [dead_letter(b.raw, b.reason, detail=b.detail) for b in bad]
     await asyncio.to_thread(_count_after_evaluation, c, judgments)
-    result = await asyncio.to_thread(
-        pipeline.aggregate, judgments, c.windows, c.judgment_watermark, c.judgment_retention_s, parts
-    )
+    async with c.evaluation_lock:  # the cached windows are read by the idle timer's evaluation
+        result = await asyncio.to_thread(
+            pipeline.aggregate, judgments, c.windows, c.judgment_watermark, c.judgment_retention_s, parts
+        )
     letters += [dead_letter(j.model_dump_json().encode(), "late", field="event_time") for j in result.late]
     c.metrics.add("windows_applied", result.applied)
     c.metrics.add("duplicates_ignored", result.duplicates)
@@ -290,9 +356,12 @@ async def evaluate_until(c: Components, target: float, touched: frozenset[str]) 
 def _evaluate_owned(c: Components, target: float, touched: frozenset[str]) -> list[Alert]:
     # Every known category this worker owns, not only those in this batch: a quiet category must
     # still be able to resolve as the watermark moves on.
-    partitions = c.settings.topics.judgments.partitions
+    partitions, owned = c.settings.topics.judgments.partitions, c.owned_partitions()
+    if owned != c.last_owned and isinstance(c.windows, CachedWindows):
+        c.windows.reset()  # a category may have been applied by another worker meanwhile
+    c.last_owned = owned
     known = set(c.windows.categories()) | touched
-    categories = owned_categories(known, partitions, c.owned_partitions())
+    categories = owned_categories(known, partitions, owned)
     marks = c.loop_state.evaluated_through(categories)
     alerts: list[Alert] = []
     for category in categories:

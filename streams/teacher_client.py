@@ -200,10 +200,12 @@ class ServeTeacherClient:
 
     async def judge(self, requests: Sequence[TeacherRequest]) -> list[Judgment]:
         """One judgment per request, in order; failures after retries become error judgments."""
-        judgments: list[Judgment] = []
-        for start in range(0, len(requests), self.max_batch):
-            judgments.extend(await self._judge_batch(requests[start : start + self.max_batch]))
-        return judgments
+        # Calls of ``max_batch`` requests, in flight together (the semaphore bounds them), in order.
+        chunks = [
+            requests[start : start + self.max_batch] for start in range(0, len(requests), self.max_batch)
+        ]
+        answers = await asyncio.gather(*(self._judge_batch(chunk) for chunk in chunks))
+        return [judgment for answer in answers for judgment in answer]
 
     async def _judge_batch(self, batch: Sequence[TeacherRequest]) -> list[Judgment]:
         try:

@@ -55,11 +55,12 @@ def build(policy_path: Path | None = None, allow_policy_version_bump: bool = Fal
     from streams.app import create_app
     from streams.config import StreamSettings
     from streams.notify import HttpxWebhookSender
+    from streams.pipeline import policy_retention_s
     from streams.services import require_kafka, require_redis
     from streams.stages import Components
     from streams.status import LoopStateStore, redis_from_settings
     from streams.teacher_client import CircuitBreaker, ServeTeacherClient, check_teacher, serve_url
-    from streams.window_store import AlertStateStore, WindowStore
+    from streams.window_store import AlertStateStore, CachedWindows, WindowStore
 
     settings = load_settings()
     stream = StreamSettings()
@@ -91,7 +92,10 @@ def build(policy_path: Path | None = None, allow_policy_version_bump: bool = Fal
         stream=stream,
         policy=policy,
         teacher=teacher,
-        windows=WindowStore(client, prefix, stream.bucket_seconds, stream.window_ttl_s),
+        windows=CachedWindows(
+            WindowStore(client, prefix, stream.bucket_seconds, stream.window_ttl_s),
+            keep_s=int(policy_retention_s(policy)),
+        ),
         alert_states=AlertStateStore(client, prefix),
         breaker=breaker,
         webhooks=webhooks,

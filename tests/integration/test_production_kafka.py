@@ -92,7 +92,8 @@ def test_outside_producer_every_record_a_producer_can_write(noop_url: str, repor
         assert wait_until(lambda: distinct_judged() >= total, 120), f"{distinct_judged()} of {total} judged"
         assert wait_until(lambda: len(letters.poll(0.5)) >= 3, 30)
         assert run.worker is not None and run.worker.poll() is None, "worker died"
-        judged_events = {Judgment.model_validate_json(v).event_id for v in judgments.values}
+        judged_events = {Judgment.model_validate_json(v).event_id for v in judgments.poll(2.0)}
+        assert len(judgments.values) == total, "no crash here: every judgment is published once"
         assert judged_events == set(valid)
         reasons = sorted(json.loads(v)["reason"] for v in letters.values)
         assert reasons == ["empty", "schema", "tombstone"], reasons

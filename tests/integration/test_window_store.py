@@ -136,3 +136,21 @@ def test_throughput(store: WindowStore) -> None:
     store.read(CATEGORIES[0], 86400, END)
     read_ms = (time.perf_counter() - started) * 1000
     print(f"\nwindow store: {len(judgments) / elapsed:,.0f} judgments/s applied; 24h read {read_ms:.1f} ms")
+
+
+def test_cached_windows_read_what_redis_holds(store: WindowStore) -> None:
+    """The owner's in-memory windows, write-through on real Redis: every read equals the store's,
+    duplicates are ignored, and warm reads touch no bucket in Redis."""
+    from streams.window_store import CachedWindows
+
+    judgments = make_judgments(800, seed=11)
+    cached = CachedWindows(store, keep_s=7200)
+    for start in range(0, 800, 100):
+        assert cached.apply(judgments[start : start + 100] + judgments[:5]) == 100  # the 5: redelivered
+        for category in CATEGORIES:
+            for window in (1800, 3600, 7200):
+                assert cached.read(category, window, END) == store.read(category, window, END)
+    loads = cached.loads
+    for category in CATEGORIES:
+        cached.read(category, 7200, END)
+    assert cached.loads == loads

@@ -90,7 +90,9 @@ def _loop(policy: Policy, teacher: Any, name: str) -> tuple[Any, RecordingOutput
     }
     components = Components(
         settings=Settings().model_copy(update={"topics": TopicSettings(**one)}),
-        stream=StreamSettings(),
+        # One judge actor: under test_context every actor's take_events buffer sees each put
+        # (against Kafka the actors share one queue; test_production_kafka checks nothing doubles).
+        stream=StreamSettings(judge_concurrency=1, ingest_within_s=0.01, judge_within_s=0.01),
         policy=policy,
         teacher=teacher,
         windows=MemoryWindowStore(),
@@ -276,15 +278,3 @@ async def test_a_slow_source_partition_holds_the_watermark_and_loses_nothing(
     assert not outputs.sent.get(components.topic_names["dead_letters"])
     watermark = components.judgment_watermark.value
     assert watermark is not None and watermark <= early[-1].event_time
-
-
-def test_every_counter_the_stages_add_is_registered() -> None:
-    """An unregistered counter name raises inside an agent and crashes it: check them all."""
-    import re
-
-    from streams.config import COUNTER_NAMES
-
-    source = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "streams").glob("*.py"))
-    used = set(re.findall(r'metrics\.add\(\s*"([a-z_]+)"', source))
-    used |= {"shed", "not_sampled", "judged_ok", "judged_error", "events_late", "events_invalid"}
-    assert used <= set(COUNTER_NAMES), used - set(COUNTER_NAMES)

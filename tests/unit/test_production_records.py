@@ -32,7 +32,15 @@ from streams.evaluation import (
 )
 from streams.pipeline import MemoryAlertStateStore, MemoryWindowStore, PartitionedWatermark, validate
 from streams.replay import Degradation, parse_time
-from streams.stages import Components, OutRecord, handle_event, handle_idle, handle_judgments, handle_sample
+from streams.stages import (
+    Components,
+    Incoming,
+    OutRecord,
+    handle_event,
+    handle_idle,
+    handle_judgments,
+    handle_sample,
+)
 from tests.support.policies import burn_rate_policy
 from tests.support.stub_teacher import StubTeacher
 
@@ -211,9 +219,11 @@ async def test_a_poison_judgment_is_isolated_from_its_batch(tmp_path: Path, no_s
     windows = PoisonWindows()
     windows.poison = judgments[2].judgment_id
     c = _components(policy, windows=windows)
-    raws: list[bytes | None] = [j.model_dump_json().encode() for j in judgments]
-    sources = [SourcePosition(topic="t.judgments", partition=0, offset=i) for i in range(len(raws))]
-    await aggregate_batch(c, raws, [0] * len(raws), sources)
+    batch = [
+        Incoming(j.model_dump_json().encode(), SourcePosition(topic="t.judgments", partition=0, offset=i), 0)
+        for i, j in enumerate(judgments)
+    ]
+    await aggregate_batch(c, batch)
     assert set(windows.judgments) == {j.judgment_id for j in judgments} - {windows.poison}
     (letter,) = c.outputs.values("t.dead_letters")  # type: ignore[union-attr]
     assert letter["reason"] == "processing_error" and letter["offset"] == 2

@@ -1,0 +1,95 @@
+"""The worker's counters in one registry: each declared once, with its label names.
+
+``LoopMetrics.add(name, amount, **labels)`` refuses a counter that is not declared, or labels
+other than the declared ones (as prometheus_client does), so a typo cannot create a new series
+silently. Every series is kept (name + label values) and read back with ``value`` (like
+prometheus_client's ``get_sample_value``) or ``series``; ``snapshot`` sums each counter over its
+labels for the worker's log line. The same additions go to OpenTelemetry counters
+(``evalloop.<name>``, an in-memory reader unless a ``MeterProvider`` is given), which an exporter
+reads.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+LabelValues = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class CounterSpec:
+    """One counter: its name, the label names every addition must give, and what it counts."""
+
+    name: str
+    labels: tuple[str, ...]
+    description: str
+
+
+COUNTERS: tuple[CounterSpec, ...] = (
+    CounterSpec("events_seen", (), "events read by stage 1"),
+    CounterSpec("events_invalid", ("reason",), "events dead-lettered, by reason (not late)"),
+    CounterSpec("events_late", ("reason",), "events dead-lettered as older than the retention"),
+    CounterSpec("unknown_fields", ("field",), "events carrying a field the schema does not know"),
+    CounterSpec("sampled", ("category",), "events chosen for judging"),
+    CounterSpec("not_sampled", ("category",), "events the sampler passed over"),
+    CounterSpec("shed", ("category",), "events shed (budget or open circuit)"),
+    CounterSpec("samples_invalid", (), "samples dead-lettered by the judge stage"),
+    CounterSpec("judged_ok", ("category",), "ok judgments published"),
+    CounterSpec("judged_error", ("category",), "error judgments published"),
+    CounterSpec("windows_applied", (), "judgments newly counted in the Redis windows"),
+    CounterSpec("duplicates_ignored", (), "judgments already counted (redelivery)"),
+    CounterSpec("judgments_late", (), "judgments dead-lettered as older than the window TTL"),
+    CounterSpec("judgments_after_evaluation", (), "judgments older than their category's last evaluation"),
+    CounterSpec("alerts_emitted", ("category", "state"), "alerts published (firing, resolved)"),
+    CounterSpec("webhook_failures", ("target",), "webhook deliveries that failed after retries"),
+    CounterSpec("stage_retries", ("stage",), "failed stage steps that were retried"),
+    CounterSpec("processing_errors", ("stage",), "records dead-lettered as processing_error"),
+    CounterSpec("idle_advances", (), "idle close-outs that evaluated new boundaries"),
+)
+COUNTER_NAMES = tuple(spec.name for spec in COUNTERS)
+SPECS = {spec.name: spec for spec in COUNTERS}
+
+
+class LoopMetrics:
+    """The registry of the loop's counters (see the module docstring)."""
+
+    def __init__(self, provider: MeterProvider | None = None) -> None:
+        self.reader: InMemoryMetricReader | None = None
+        if provider is None:
+            self.reader = InMemoryMetricReader()
+            provider = MeterProvider(metric_readers=[self.reader])
+        meter = provider.get_meter("evalloop.streams")
+        self._otel = {
+            s.name: meter.create_counter(f"evalloop.{s.name}", description=s.description) for s in COUNTERS
+        }
+        self._series: dict[tuple[str, LabelValues], int] = defaultdict(int)
+
+    def add(self, name: str, amount: int = 1, **labels: str) -> None:
+        """Count ``amount`` under ``name`` with exactly the declared ``labels``."""
+        spec = SPECS.get(name)
+        if spec is None:
+            raise ValueError(f"counter {name!r} is not declared in streams.metrics.COUNTERS")
+        if set(labels) != set(spec.labels):
+            raise ValueError(f"counter {name!r} takes labels {list(spec.labels)}, got {sorted(labels)}")
+        if amount:
+            self._series[(name, tuple(sorted(labels.items())))] += amount
+            self._otel[name].add(amount, attributes=labels)
+
+    def value(self, name: str, **labels: str) -> int:
+        """The series' total since start (0 when it never moved)."""
+        return self._series.get((name, tuple(sorted(labels.items()))), 0)
+
+    def series(self) -> list[tuple[str, dict[str, str], int]]:
+        """Every series that moved: (name, labels, total), sorted."""
+        return [(name, dict(labels), total) for (name, labels), total in sorted(self._series.items())]
+
+    def snapshot(self) -> dict[str, int]:
+        """Each counter's total over all its labels (0 for those that never moved)."""
+        totals = dict.fromkeys(COUNTER_NAMES, 0)
+        for (name, _labels), total in self._series.items():
+            totals[name] += total
+        return totals
