@@ -35,8 +35,8 @@ from typing import Any
 from reliability.fault_teacher import FaultTeacherServer
 from reliability.live import EventFactory, LiveRun, expected_items, live_run, wait_until, write_policy
 from reliability.live_io import TopicTail, judgments_of, make_producer, produce, window_totals
+from schemas.deadletter import DeadLetter
 from schemas.policy import load_policy
-from streams.deadletter import DeadLetter
 from streams.pipeline import validate
 
 #: Worker knobs: a one-hour retention so "late" means "older than the watermark − 1 h".

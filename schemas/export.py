@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from schemas.alerts import Alert
+from schemas.deadletter import DeadLetter
 from schemas.events import JudgeRequest, RecommendationEvent, Sample
 from schemas.judgments import Judgment
 from schemas.policy import Policy
@@ -22,6 +23,7 @@ EXPORTED: dict[str, type[BaseModel]] = {
     "judge_request": JudgeRequest,
     "judgment": Judgment,
     "alert": Alert,
+    "dead_letter": DeadLetter,
     "policy": Policy,
 }
 SCHEMA_DIR = Path(__file__).parent / "json"

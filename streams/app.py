@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 import faust
 
 from schemas.alerts import Alert
+from schemas.deadletter import SourcePosition
 from streams.config import faust_config
-from streams.deadletter import SourcePosition
 from streams.retry import GiveUp, dead_lettering, until_done
 from streams.stages import (
     SOURCE_PARTITION_HEADER,
@@ -149,7 +149,7 @@ async def aggregate_batch(c: Components, batch: Sequence[Incoming]) -> int:
 
     async def handler(items: Sequence[Incoming]) -> list[Alert]:
         partitions = [item.source_partition or 0 for item in items]
-        return await handle_judgments(c, [item.raw for item in items], partitions)
+        return await handle_judgments(c, [item.raw for item in items], partitions, [i.source for i in items])
 
     return len(await run_batch(c, "aggregate", batch, handler))
 

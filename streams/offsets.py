@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from schemas.deadletter import SourcePosition
 from schemas.settings import Settings
-from streams.deadletter import SourcePosition, dead_letter
+from streams.deadletter import dead_letter
 from streams.services import kafka_client_config
 
 

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from schemas.alerts import Alert, AlertExample
 from schemas.base import SchemaError
+from schemas.deadletter import DeadLetter, SourcePosition
 from schemas.events import (
     JudgeRequest,
     RecommendationEvent,
@@ -36,7 +37,7 @@ from streams.alerting import (
     top_failure_modes,
     transition,
 )
-from streams.deadletter import DeadLetter, SourcePosition, dead_letter, from_schema_error
+from streams.deadletter import dead_letter, from_schema_error
 from streams.sampling import SampleDecision, Sampler
 from streams.watermark import Watermark
 from streams.windows import WindowAggregate, WindowStats

@@ -19,8 +19,9 @@ import httpx
 import redis
 from aiokafka import errors as aiokafka_errors
 
+from schemas.deadletter import DeadLetter, SourcePosition
 from streams.config import StreamSettings
-from streams.deadletter import DeadLetter, SourcePosition, dead_letter
+from streams.deadletter import dead_letter
 from streams.metrics import LoopMetrics
 
 log = logging.getLogger(__name__)

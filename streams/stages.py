@@ -17,13 +17,14 @@ from typing import NamedTuple, Protocol
 from pydantic import ValidationError
 
 from schemas.alerts import Alert
+from schemas.deadletter import DeadLetter, Reason, SourcePosition
 from schemas.events import Sample
 from schemas.judgments import Judgment
 from schemas.policy import Policy
 from schemas.settings import Settings
 from streams import pipeline
 from streams.config import StreamSettings
-from streams.deadletter import DeadLetter, Reason, SourcePosition, dead_letter
+from streams.deadletter import dead_letter
 from streams.evaluation import (
     LoopStateLike,
     MemoryLoopState,
@@ -259,44 +260,72 @@ async def handle_samples(c: Components, batch: Sequence[Incoming]) -> list[Judgm
 
 
 class BadRecord(NamedTuple):
-    """A record a stage could not parse: its bytes (None for a tombstone), reason and why."""
+    """A record a stage could not parse: its bytes (None for a tombstone), reason, why, and where."""
 
     raw: bytes | None
     reason: Reason
     detail: str
+    source: SourcePosition | None = None
+
+
+class ParsedJudgments(NamedTuple):
+    """A judgments batch split into what parsed (with source partitions) and what did not."""
+
+    good: list[Judgment]
+    bad: list[BadRecord]
+    partitions: list[int]
+    #: judgment id → its original bytes and position, for a late judgment's dead letter.
+    originals: dict[str, tuple[bytes, SourcePosition | None]]
 
 
 def _parse_judgments(
-    raws: Sequence[bytes | None], partitions: Sequence[int]
-) -> tuple[list[Judgment], list[BadRecord], list[int]]:
-    good: list[Judgment] = []
-    bad: list[BadRecord] = []
-    parts: list[int] = []
-    for raw, partition in zip(raws, partitions, strict=True):
+    raws: Sequence[bytes | None], partitions: Sequence[int], sources: Sequence[SourcePosition | None]
+) -> ParsedJudgments:
+    parsed = ParsedJudgments([], [], [], {})
+    for raw, partition, source in zip(raws, partitions, sources, strict=True):
         empty = _empty_reason(raw)
         if empty is not None or raw is None:
-            bad.append(BadRecord(raw, empty or "tombstone", f"{empty} value on the judgments topic"))
+            parsed.bad.append(
+                BadRecord(raw, empty or "tombstone", f"{empty} value on the judgments topic", source)
+            )
             continue
         try:
-            good.append(Judgment.model_validate_json(raw))
-            parts.append(partition)
+            judgment = Judgment.model_validate_json(raw)
         except ValidationError as error:
-            bad.append(BadRecord(raw, "schema", f"bad judgment: {str(error)[:500]}"))
-    return good, bad, parts
+            parsed.bad.append(BadRecord(raw, "schema", f"bad judgment: {str(error)[:500]}", source))
+            continue
+        parsed.good.append(judgment)
+        parsed.partitions.append(partition)
+        parsed.originals[judgment.judgment_id] = (raw, source)
+    return parsed
 
 
 async def handle_judgments(
-    c: Components, raws: Sequence[bytes | None], partitions: Sequence[int] | None = None
+    c: Components,
+    raws: Sequence[bytes | None],
+    partitions: Sequence[int] | None = None,
+    sources: Sequence[SourcePosition | None] | None = None,
 ) -> list[Alert]:
-    """Stage 3 for a batch: apply to the windows, then evaluate the owned categories at the watermark."""
-    judgments, bad, parts = _parse_judgments(raws, partitions or [0] * len(raws))
-    letters = [dead_letter(b.raw, b.reason, detail=b.detail) for b in bad]
+    """Stage 3 for a batch: apply to the windows, then evaluate the owned categories at the watermark.
+
+    Every dead letter keeps the record's original bytes and its position on the judgments topic.
+    """
+    parsed = _parse_judgments(raws, partitions or [0] * len(raws), sources or [None] * len(raws))
+    judgments = parsed.good
+    letters = [dead_letter(b.raw, b.reason, detail=b.detail, source=b.source) for b in parsed.bad]
     await asyncio.to_thread(_count_after_evaluation, c, judgments)
     async with c.evaluation_lock:  # the cached windows are read by the idle timer's evaluation
         result = await asyncio.to_thread(
-            pipeline.aggregate, judgments, c.windows, c.judgment_watermark, c.judgment_retention_s, parts
+            pipeline.aggregate,
+            judgments,
+            c.windows,
+            c.judgment_watermark,
+            c.judgment_retention_s,
+            parsed.partitions,
         )
-    letters += [dead_letter(j.model_dump_json().encode(), "late", field="event_time") for j in result.late]
+    for late in result.late:
+        raw, source = parsed.originals[late.judgment_id]
+        letters.append(dead_letter(raw, "late", field="event_time", event_id=late.event_id, source=source))
     c.metrics.add("windows_applied", result.applied)
     c.metrics.add("duplicates_ignored", result.duplicates)
     c.metrics.add("judgments_late", len(result.late))

@@ -205,7 +205,7 @@ def _components(policy: Policy, teacher: Any, partitions: int) -> tuple[Componen
 async def test_samples_keep_their_event_partition_and_judgments_name_it(
     policy: Policy, raw_events: list[bytes]
 ) -> None:
-    from streams.deadletter import SourcePosition
+    from schemas.deadletter import SourcePosition
     from streams.stages import SOURCE_PARTITION_HEADER, handle_event, handle_sample
 
     components, outputs = _components(policy, FakeTeacher(policy, grade=4), partitions=4)

@@ -30,7 +30,6 @@ CASES = [
     (["offsets", "show"], KAFKA_DOWN, "Kafka is not reachable at 127.0.0.1:1"),
     (["offsets", "skip", "--topic", "events", "--partition", "0", "--to", "1"], KAFKA_DOWN, "Kafka is not"),
     (["demo"], KAFKA_DOWN, "Kafka is not reachable at 127.0.0.1:1"),
-    (["demo"], REDIS_DOWN, "Redis is not reachable at redis://127.0.0.1:1/0"),
     (["backtest", "/nope.jsonl"], {}, "no such file: /nope.jsonl"),
     (["backtest", "data/wands/events.jsonl", "--inject-degradation", "Nowhere"], {}, "unknown category"),
     (["policy", "check", "/nope.yaml"], {}, "/nope.yaml"),

@@ -33,8 +33,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from schemas.base import MAX_EVENT_TIME, MIN_EVENT_TIME, SchemaError
+from schemas.deadletter import DeadLetter, Reason
 from schemas.events import MAX_EVENT_BYTES, MAX_ITEMS_PER_EVENT, RecommendationEvent, parse_event
-from streams.deadletter import DeadLetter, Reason
 from streams.pipeline import Valid, validate
 
 #: Examples tried per property, by test name (filled as the tests run, summarised at teardown).

@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
+from schemas.deadletter import DeadLetter, SourcePosition
 from schemas.events import Sample, parse_event
 from schemas.judgments import Judgment
 from schemas.policy import Policy, load_policy
-from streams.deadletter import DeadLetter, SourcePosition
 from streams.pipeline import (
     MemoryAlertStateStore,
     MemoryWindowStore,

@@ -4,6 +4,7 @@ different speeds, quiet inputs (the idle close-out) and one evaluator per catego
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -17,12 +18,12 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from evalloop.backtest import BucketWindowStore, judge_all, load_events, replay_alerts, sample_requests
 from schemas.alerts import Alert
+from schemas.deadletter import SourcePosition
 from schemas.judgments import Judgment
 from schemas.policy import Policy, load_policy
 from schemas.settings import KafkaSettings, Settings, TopicSettings, TopicSpec
 from streams import retry
 from streams.config import StreamSettings, faust_config
-from streams.deadletter import SourcePosition
 from streams.evaluation import (
     MemoryLoopState,
     category_partition,
@@ -376,3 +377,21 @@ def test_status_says_what_it_is_as_of_and_when_a_firing_rule_has_no_data() -> No
         render_table({"as_of": None, "latest_event_time": None, "categories": {}})
         == "no judgments aggregated yet"
     )
+
+
+async def test_late_and_bad_judgments_keep_their_original_bytes_and_position(tmp_path: Path) -> None:
+    policy = load_policy(burn_rate_policy(tmp_path))
+    judgments = _stream_judgments(policy, tmp_path, limit=5)
+    c = _components(policy, partitions=1)
+    out: Recording = c.outputs  # type: ignore[assignment]
+    recent = judgments[-1]
+    await handle_judgments(c, [recent.model_dump_json().encode()], [0])
+    old = judgments[0].model_copy(update={"event_time": recent.event_time - timedelta(days=3)})
+    old_raw = b" " + old.model_dump_json().encode()  # bytes as they were on the topic, not re-serialised
+    here = SourcePosition(topic="t.judgments", partition=0, offset=41)
+    there = SourcePosition(topic="t.judgments", partition=0, offset=42)
+    await handle_judgments(c, [old_raw, b'{"judgment_id": 1}'], [0, 0], [here, there])
+    bad, late = out.values("t.dead_letters")  # unparsable first, then what the windows refused
+    assert late["reason"] == "late" and late["offset"] == 41 and late["event_id"] == old.event_id
+    assert base64.b64decode(late["original_b64"]) == old_raw
+    assert bad["reason"] == "schema" and bad["offset"] == 42

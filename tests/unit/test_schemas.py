@@ -108,7 +108,7 @@ def test_unknown_fields_are_ignored_and_named_or_rejected(
     [(None, "tombstone"), (b"", "empty"), (b"  \n", "empty"), (b"{}", "missing_field")],
 )
 def test_tombstones_and_empty_values_have_their_own_reasons(raw: bytes | None, reason: str) -> None:
-    from streams.deadletter import DeadLetter
+    from schemas.deadletter import DeadLetter
     from streams.pipeline import validate
 
     letter = validate(raw)
