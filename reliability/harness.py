@@ -35,6 +35,7 @@ import redis
 import yaml
 from pydantic import ValidationError
 
+from judges.base import Teacher
 from reliability.live import EVENTS as EVENTS
 from reliability.live import (
     LoopRun,
@@ -400,17 +401,21 @@ def wait_drained(
 
 def noop_teacher_server(policy: Policy) -> ThreadingHTTPServer:
     """The noop teacher behind the Serve HTTP contract, in a thread: no Ray start-up cost."""
-    from judges.base import JudgeRequest
     from judges.fake import NoopTeacher
 
-    teacher = NoopTeacher(policy)
+    return teacher_server(NoopTeacher(policy))
 
-    info = json.dumps({"teacher_version": teacher.teacher_version, **policy.identity(), "healthy": True})
+
+def teacher_server(teacher: Teacher) -> ThreadingHTTPServer:
+    """Any in-process teacher behind the Serve HTTP contract, in a thread: ``POST`` judges,
+    ``GET`` answers the info a worker checks at start-up (its version and policy identity)."""
+    from judges.base import JudgeRequest
+
+    info = {"teacher_version": teacher.teacher_version, **teacher.policy.identity(), "healthy": True}
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            """The Serve info: what the worker checks at start-up."""
-            self._send(info.encode())
+            self._send(json.dumps(info).encode())
 
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -429,7 +434,7 @@ def noop_teacher_server(policy: Policy) -> ThreadingHTTPServer:
             """Quiet."""
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, name="noop-teacher", daemon=True).start()
+    threading.Thread(target=server.serve_forever, name="teacher-server", daemon=True).start()
     return server
 
 

@@ -48,7 +48,7 @@ COUNTERS: tuple[CounterSpec, ...] = (
     CounterSpec("webhook_failures", ("target",), "webhook deliveries that failed after retries"),
     CounterSpec("stage_retries", ("stage",), "failed stage steps that were retried"),
     CounterSpec("processing_errors", ("stage",), "records dead-lettered as processing_error"),
-    CounterSpec("idle_advances", (), "idle close-outs that evaluated new boundaries"),
+    CounterSpec("idle_advances", (), "idle close-outs run (once per quiet spell or ownership change)"),
 )
 COUNTER_NAMES = tuple(spec.name for spec in COUNTERS)
 SPECS = {spec.name: spec for spec in COUNTERS}

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeVar
 
 from pydantic import ValidationError
 
@@ -110,6 +110,8 @@ class Components:
         self.evaluation_lock = asyncio.Lock()
         #: The judgments partitions owned at the last evaluation (a change drops cached windows).
         self.last_owned: frozenset[int] | None = None
+        #: (target, owned partitions) of the last idle close-out; None once new judgments arrive.
+        self.closed_out: tuple[float, frozenset[int] | None] | None = None
 
     @property
     def topic_names(self) -> dict[str, str]:
@@ -202,27 +204,32 @@ def _ingest(c: Components, raw: bytes | None, source: SourcePosition | None, out
     return "sampled"
 
 
-def _empty_reason(raw: bytes | None) -> Reason | None:
-    """'tombstone' for a null value, 'empty' for a blank one, else None."""
-    if raw is None:
-        return "tombstone"
-    return None if raw.strip() else "empty"
+M = TypeVar("M", Sample, Judgment)
+
+
+def _parse_record(raw: bytes | None, model: type[M], topic: str) -> M | tuple[Reason, str]:
+    """The record as ``model``, or why not: (``tombstone`` | ``empty`` | ``schema``, detail)."""
+    if raw is None or not raw.strip():
+        reason: Reason = "tombstone" if raw is None else "empty"
+        return reason, f"{reason} value on the {topic} topic"
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as error:
+        return "schema", f"bad {model.__name__.lower()}: {str(error)[:500]}"
 
 
 def _parse_sample(
     raw: bytes | None, source: SourcePosition | None, c: Components, out: Publication
 ) -> Sample | None:
-    try:
-        if (empty := _empty_reason(raw)) is not None:
-            raise ValueError(f"{empty} value on the samples topic")
-        assert raw is not None
-        return Sample.model_validate_json(raw)
-    except (ValidationError, ValueError) as error:
-        c.metrics.add("samples_invalid")
-        reason = _empty_reason(raw) or "schema"
-        letter = dead_letter(raw, reason, detail=f"bad sample: {str(error)[:500]}", source=source)
-        out.add("dead_letters", OutRecord(None, letter.to_bytes()))
-        return None
+    parsed = _parse_record(raw, Sample, "samples")
+    if isinstance(parsed, Sample):
+        return parsed
+    c.metrics.add("samples_invalid")
+    reason, detail = parsed
+    out.add(
+        "dead_letters", OutRecord(None, dead_letter(raw, reason, detail=detail, source=source).to_bytes())
+    )
+    return None
 
 
 async def handle_sample(c: Components, raw: bytes | None, source: SourcePosition | None) -> list[Judgment]:
@@ -283,17 +290,11 @@ def _parse_judgments(
 ) -> ParsedJudgments:
     parsed = ParsedJudgments([], [], [], {})
     for raw, partition, source in zip(raws, partitions, sources, strict=True):
-        empty = _empty_reason(raw)
-        if empty is not None or raw is None:
-            parsed.bad.append(
-                BadRecord(raw, empty or "tombstone", f"{empty} value on the judgments topic", source)
-            )
+        judgment = _parse_record(raw, Judgment, "judgments")
+        if not isinstance(judgment, Judgment):
+            parsed.bad.append(BadRecord(raw, *judgment, source))
             continue
-        try:
-            judgment = Judgment.model_validate_json(raw)
-        except ValidationError as error:
-            parsed.bad.append(BadRecord(raw, "schema", f"bad judgment: {str(error)[:500]}", source))
-            continue
+        assert raw is not None
         parsed.good.append(judgment)
         parsed.partitions.append(partition)
         parsed.originals[judgment.judgment_id] = (raw, source)
@@ -331,7 +332,7 @@ async def handle_judgments(
     c.metrics.add("judgments_late", len(result.late))
     await c.publish("dead_letters", [(None, letter.to_bytes()) for letter in letters])
     c.examples.add(judgments)
-    c.last_input_wall = c.clock()
+    c.last_input_wall, c.closed_out = c.clock(), None
     if judgments:
         for judgment in judgments:
             seen = c.first_seen.get(judgment.category)
@@ -362,10 +363,14 @@ async def handle_idle(c: Components) -> list[Alert]:
     latest = await asyncio.to_thread(c.loop_state.latest_event_time)
     if latest is None:
         return []
-    target = close_out_point(latest, c.stream.bucket_seconds)
-    alerts = await evaluate_until(c, target, frozenset())
-    if alerts:
-        c.metrics.add("idle_advances")
+    # Once closed out, nothing changes until judgments arrive or partitions move: the timer then
+    # costs nothing but the check above and one read of the latest event time.
+    key = (close_out_point(latest, c.stream.bucket_seconds), c.owned_partitions())
+    if key == c.closed_out:
+        return []
+    alerts = await evaluate_until(c, key[0], frozenset())
+    c.closed_out = key
+    c.metrics.add("idle_advances")
     return alerts
 
 

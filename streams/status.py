@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -17,6 +16,7 @@ import redis
 from schemas.policy import Policy
 from schemas.settings import Settings
 from streams.alerting import AlertState
+from streams.pipeline import utc_from_epoch
 from streams.window_store import AlertStateStore, WindowStore
 from streams.windows import WindowStats, rate_from_counters, window_name
 
@@ -159,7 +159,7 @@ def collect(
 
 
 def _iso(epoch: float | None) -> str | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat()
+    return None if epoch is None else utc_from_epoch(epoch).isoformat()
 
 
 def _alert_cell(row: dict[str, Any]) -> str:

@@ -8,14 +8,12 @@ irrelevant (0, ``off_department``). Crude, but it tells injected foreign items a
 
 from __future__ import annotations
 
-import json
 import re
-import threading
 from collections.abc import Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import ThreadingHTTPServer
 
 from judges.base import ok_judgment
+from reliability.harness import teacher_server
 from schemas.events import JudgeRequest
 from schemas.judgments import Judgment
 from schemas.policy import Policy
@@ -59,29 +57,4 @@ class StubTeacher:
 
 def stub_server(policy: Policy) -> ThreadingHTTPServer:
     """The stub behind the Serve HTTP contract (POST judges; GET answers its info), in a thread."""
-    teacher = StubTeacher(policy)
-    info = {"teacher_version": VERSION, **policy.identity()}
-
-    class Handler(BaseHTTPRequestHandler):
-        def _send(self, payload: bytes) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def do_GET(self) -> None:
-            self._send(json.dumps({**info, "healthy": True}).encode())
-
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            requests = [JudgeRequest.model_validate(item) for item in body["requests"]]
-            judged = [j.model_dump_json() for j in teacher.judge(requests)]
-            self._send(('{"judgments":[' + ",".join(judged) + "]}").encode())
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return teacher_server(StubTeacher(policy))

@@ -79,6 +79,16 @@ def no_sleep(monkeypatch: pytest.MonkeyPatch) -> NoSleep:
     return sleeper
 
 
+class CountingLoopState(MemoryLoopState):
+    """Counts the category-mark reads an evaluation round makes."""
+
+    reads: int = 0
+
+    def evaluated_through(self, categories: list[str]) -> dict[str, float | None]:
+        self.reads += 1
+        return super().evaluated_through(categories)
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -287,8 +297,8 @@ async def test_the_idle_close_out_makes_live_equal_the_backtest(tmp_path: Path) 
     judgments = _stream_judgments(policy, tmp_path)
     expected = _timeline(replay_alerts(policy, judgments, BucketWindowStore()))
     assert [state for _, state, _ in expected] == ["firing", "resolved"]
-    clock = Clock()
-    c = _components(policy, partitions=1, clock=clock)
+    clock, loop_state = Clock(), CountingLoopState()
+    c = _components(policy, partitions=1, clock=clock, loop_state=loop_state)
     live = await _feed(c, judgments)
     assert _timeline(live) == expected[:1], "with lateness 600 s the 06:40 resolve is not reached yet"
     clock.now += 4.9
@@ -298,7 +308,14 @@ async def test_the_idle_close_out_makes_live_equal_the_backtest(tmp_path: Path) 
     assert _timeline(live) == expected
     latest = max(j.event_time for j in judgments).timestamp()
     assert c.loop_state.get_watermark() == close_out_point(latest, 300)
-    assert await handle_idle(c) == []  # idempotent: nothing new to evaluate
+    reads = loop_state.reads
+    for _ in range(3):  # the timer ticks on: a closed-out input costs no evaluation
+        clock.now += 1.0
+        assert await handle_idle(c) == []
+    assert loop_state.reads == reads and c.metrics.value("idle_advances") == 1
+    await _feed(c, judgments[-3:])  # a redelivery: the next quiet spell closes out again
+    clock.now += 6.0
+    assert await handle_idle(c) == [] and c.metrics.value("idle_advances") == 2
 
 
 async def test_each_category_has_one_evaluator_and_the_union_equals_one_worker(tmp_path: Path) -> None:
