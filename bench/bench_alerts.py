@@ -186,9 +186,7 @@ def window_stats(window_s: int, n: int, bad: int) -> WindowStats:
     """
     counters = {"n": float(n), "w": float(n), "w2": float(n), "display:filter": float(bad)}
     counters["display_w:filter"] = float(bad)
-    return WindowStats(
-        window_s=window_s, samples=n, weighted_samples=float(n), errors=0, rates={}, counters=counters
-    )
+    return WindowStats(window_s=window_s, samples=n, weighted_samples=float(n), errors=0, counters=counters)
 
 
 def evaluate_at(rule: AlertRule, windows: Windows, t: int) -> RuleEvaluation:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bench.common import BenchResult, BenchSkipped
 from schemas.settings import Settings, load_settings
@@ -140,11 +140,11 @@ def create_topics(settings: Settings) -> None:
     ensure_topics(settings)
 
 
-def delete_topics(settings: Settings) -> None:
+def delete_topics(settings: Settings, extra: Sequence[str] = ()) -> None:
     """Delete the run's topics (best effort: they are run-specific, nobody else reads them)."""
     from infra.kafka_server import admin_client
 
-    names = [spec.name for spec in settings.topics.all()]
+    names = [spec.name for spec in settings.topics.all()] + list(extra)
     with suppress(Exception):
         for future in admin_client(settings).delete_topics(names, operation_timeout=30).values():
             with suppress(Exception):
@@ -307,6 +307,90 @@ def raw_consume(settings: Settings, topic: str, count: int, timeout_s: float = 1
     return time.perf_counter() - started
 
 
+def baseline_topic(settings: Settings) -> str:
+    """Where the same-work baseline publishes its samples (apart from the agent's samples topic)."""
+    return f"{settings.topics.samples.name}.baseline"
+
+
+def create_baseline_topic(settings: Settings) -> None:
+    """The baseline's output topic, partitioned like the samples topic."""
+    from confluent_kafka.cimpl import NewTopic
+
+    from infra.kafka_server import admin_client
+
+    spec = settings.topics.samples
+    topic = NewTopic(baseline_topic(settings), num_partitions=spec.partitions, replication_factor=1)
+    admin = admin_client(settings)  # kept alive until the futures resolve
+    for future in admin.create_topics([topic], operation_timeout=30).values():
+        future.result(timeout=30)
+
+
+def same_work_consume(settings: Settings, topic: str, count: int, timeout_s: float = 180.0) -> SameWork:
+    """The same work as the agent without Faust: a confluent-kafka loop that consumes a batch,
+    validates each event (the agent's call: watermark, retention, future check), samples it,
+    produces each sample with acks=all (idempotent producer), flushes, and only then commits the
+    batch's offsets (at-least-once, as the agent). Seconds from the first message to the last commit."""
+    from confluent_kafka import Consumer
+
+    from schemas.policy import load_policy
+    from streams.config import StreamSettings
+    from streams.pipeline import PartitionedWatermark, Valid, policy_retention_s, sample, validate
+    from streams.replay import make_producer
+    from streams.sampling import Sampler
+
+    policy, stream = load_policy(POLICY), StreamSettings()
+    sampler, producer = Sampler(policy), make_producer(settings)
+    watermark = PartitionedWatermark(stream.allowed_lateness_s, settings.topics.events.partitions)
+    consumer = Consumer(
+        {
+            **settings.kafka.confluent_config(),
+            "group.id": f"{topic}-same-work-{uuid.uuid4().hex[:6]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    out, seen, sampled, started = baseline_topic(settings), 0, 0, 0.0
+    deadline = time.monotonic() + timeout_s
+    try:
+        while seen < count and time.monotonic() < deadline:
+            batch = [m for m in consumer.consume(stream.ingest_batch, 0.5) if not m.error()]
+            if not batch:
+                continue
+            started = started or time.perf_counter()
+            for message in batch:
+                outcome = validate(
+                    message.value(),
+                    watermark=watermark,
+                    retention_s=policy_retention_s(policy),
+                    max_future_s=stream.max_future_s,
+                )
+                seen += 1
+                if not isinstance(outcome, Valid):
+                    continue
+                chosen = sample(outcome.event, sampler, time.time()).sample
+                if chosen is not None:
+                    producer.produce(
+                        out, chosen.model_dump_json().encode(), key=chosen.event.event_id.encode()
+                    )
+                    sampled += 1
+            if producer.flush(60.0):
+                raise RuntimeError("the baseline's samples were not all acknowledged")
+            consumer.commit(asynchronous=False)
+    finally:
+        consumer.close()
+    if seen < count:
+        raise TimeoutError(f"same-work consumer read {seen} of {count}")
+    return SameWork(time.perf_counter() - started, sampled)
+
+
+class SameWork(NamedTuple):
+    """The same-work baseline's seconds and how many samples it published."""
+
+    seconds: float
+    sampled: int
+
+
 def faust_stage(settings: Settings, env: dict[str, str], count: int, expected: int) -> dict[str, float]:
     """Run the stage-1 worker over the produced topic; events/s between first and last sample."""
     log_path = settings.state_dir / "logs" / f"{env['EVALLOOP_STREAM_APP_ID']}-ingest.log"
@@ -339,52 +423,74 @@ def run(quick: bool) -> BenchResult:
         values = make_events(count, run_id)
         stage_s, expected = in_process(values)
         create_topics(settings)
+        create_baseline_topic(settings)
         try:
             produce_s = produce_all(settings, settings.topics.events.name, values)
             raw_s = raw_consume(settings, settings.topics.events.name, count)
+            same = same_work_consume(settings, settings.topics.events.name, count)
             agent = faust_stage(settings, env, count, expected)
         finally:
-            delete_topics(settings)
-    return _result(count, values, expected, produce_s, raw_s, stage_s, agent)
+            delete_topics(settings, extra=[baseline_topic(settings)])
+    if same.sampled != expected:
+        raise AssertionError(f"the same-work baseline sampled {same.sampled}, the agent {expected}")
+    return _result(count, values, expected, Rates(produce_s, raw_s, same.seconds, stage_s), agent)
+
+
+class Rates(NamedTuple):
+    """Seconds each side took over the same ``count`` events."""
+
+    produce_s: float
+    raw_s: float
+    same_work_s: float
+    in_process_s: float
+
+
+#: The issue's targets for stage 1 (docs/performance.md).
+TARGET_SAME_WORK_RATIO = 0.25
+TARGET_EVENTS_PER_S = 1160.0
 
 
 def _result(
-    count: int,
-    values: Sequence[bytes],
-    expected: int,
-    produce_s: float,
-    raw_s: float,
-    stage_s: float,
-    agent: dict[str, float],
+    count: int, values: Sequence[bytes], expected: int, seconds: Rates, agent: dict[str, float]
 ) -> BenchResult:
-    raw_rate, stage_rate = count / raw_s, count / stage_s
+    same_rate, raw_rate = count / seconds.same_work_s, count / seconds.raw_s
+    stage_rate, agent_rate = count / seconds.in_process_s, agent["events_per_s"]
     result = BenchResult(name=NAME)
     result.rows.append(
         {
             "events": count,
             "avg_bytes": round(sum(map(len, values)) / count),
             "sampled": expected,
-            "faust_agent_ev/s": agent["events_per_s"],
+            "faust_agent_ev/s": agent_rate,
+            "same_work_loop_ev/s": same_rate,
             "raw_consume_ev/s": raw_rate,
             "in_process_ev/s": stage_rate,
-            "produce_ev/s": count / produce_s,
-            "agent_us/ev": 1e6 / agent["events_per_s"],
+            "produce_ev/s": count / seconds.produce_s,
+            "agent_us/ev": 1e6 / agent_rate,
             "stage_code_us/ev": 1e6 / stage_rate,
         }
     )
-    result.ratios["faust validate-and-sample / raw consume + json.loads (events/s)"] = round(
-        agent["events_per_s"] / raw_rate, 4
+    result.ratios[
+        f"faust validate-and-sample / same-work confluent loop (events/s; target >= {TARGET_SAME_WORK_RATIO})"
+    ] = round(agent_rate / same_rate, 4)
+    result.ratios[f"faust agent events/s / {TARGET_EVENTS_PER_S:.0f} (100 M a day; target >= 1)"] = round(
+        agent_rate / TARGET_EVENTS_PER_S, 3
+    )
+    result.ratios["context: faust validate-and-sample / raw consume + json.loads"] = round(
+        agent_rate / raw_rate, 4
     )
     result.ratios["share of the agent's time in validate + sample (our code)"] = round(
-        agent["events_per_s"] / stage_rate, 3
+        agent_rate / stage_rate, 3
     )
     result.notes += [
         f"{count} events of ~{TARGET_BYTES} B (WANDS, trimmed/padded, fresh ids), {expected} sampled "
         f"({expected / count:.0%}); 4 partitions; one Faust worker process",
         "faust rate: between the first and the last sample on the samples topic (start-up and "
-        "group join excluded); every sample is published and acknowledged (acks=all) before the "
-        "next event is taken",
-        "raw: confluent-kafka consume(1000) + json.loads, from its first message to the last",
+        "group join excluded); a batch's samples are acknowledged (acks=all) before its offsets are",
+        "same-work loop (the baseline): confluent-kafka consume(batch) -> the agent's validate "
+        "(watermark, retention, future check) -> sample -> produce with acks=all -> flush -> "
+        "commit, one process, same batch size; from its first message to its last commit",
+        "raw (context only): confluent-kafka consume(1000) + json.loads, from its first message to the last",
         "in-process: pipeline.validate + pipeline.sample + Sample JSON, no Kafka",
     ]
     return result

@@ -279,6 +279,7 @@ def discover(package: str = "bench") -> Discovered:
 def run_one(name: str, module: ModuleType, quick: bool) -> BenchResult:
     """Run one benchmark; a BenchSkipped becomes a skipped result (other errors propagate)."""
     start = time.perf_counter()
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     try:
         result = module.run(quick)
     except BenchSkipped as skipped:
@@ -287,7 +288,7 @@ def run_one(name: str, module: ModuleType, quick: bool) -> BenchResult:
         raise TypeError(f"{name}.run returned {type(result).__name__}, not BenchResult")
     result.elapsed_s = round(time.perf_counter() - start, 2)
     result.quick = quick
-    result.machine = machine_info()
+    result.machine = {**machine_info(), "load_avg_1m_before": round(load_before, 2)}
     return result
 
 

@@ -22,33 +22,51 @@ from schemas.events import RecommendationEvent, parse_event
 from schemas.judgments import Judgment
 from schemas.policy import Policy
 from streams import pipeline
+from streams.engine import AlertEngine, EngineWindows
 from streams.evaluation import close_out_point
 from streams.replay import Degradation, build_records, read_lines
 from streams.sampling import Sampler
-from streams.windows import WindowAggregate, WindowStats, bucket_start, counter_updates, merge_counts
+from streams.windows import (
+    DEFAULT_BUCKET_SECONDS,
+    WindowAggregate,
+    WindowStats,
+    bucket_start,
+    counter_updates,
+    merge_counts,
+)
 
 TEACHER_BATCH = 256
 
 
 @dataclass
 class BucketWindowStore:
-    """In-memory windows with the Redis store's bucket layout and idempotency (O(buckets) reads)."""
+    """In-memory windows with the Redis store's bucket layout and idempotency: the backtest's
+    durable store under the alert engine, and (``read``, O(buckets)) the plain recomputation
+    the engine and the Redis store are checked against."""
 
-    bucket_seconds: int = 300
+    bucket_seconds: int = DEFAULT_BUCKET_SECONDS
     buckets: dict[tuple[str, int], dict[str, float]] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)
 
     def apply(self, judgments: Sequence[Judgment]) -> int:
         """Count unseen judgments into their event-time buckets; returns how many were new."""
-        new = 0
+        return len(self.apply_new(judgments))
+
+    def apply_new(self, judgments: Sequence[Judgment]) -> list[Judgment]:
+        """Count unseen judgments into their event-time buckets; returns the new ones."""
+        new: list[Judgment] = []
         for judgment in judgments:
             if judgment.judgment_id in self.seen:
                 continue
             self.seen.add(judgment.judgment_id)
             start = bucket_start(judgment.event_time.timestamp(), self.bucket_seconds)
             merge_counts(self.buckets.setdefault((judgment.category, start), {}), counter_updates(judgment))
-            new += 1
+            new.append(judgment)
         return new
+
+    def read_buckets(self, category: str, starts: Sequence[int]) -> dict[int, dict[str, float]]:
+        """Copies of ``category``'s buckets at ``starts`` (empty where none)."""
+        return {start: dict(self.buckets.get((category, start), {})) for start in starts}
 
     def read(self, category: str, window_s: int, end_epoch: float) -> WindowStats:
         """The window ``[end - window_s, end)`` of ``category``."""
@@ -119,37 +137,56 @@ def sample_requests(policy: Policy, events: Iterable[RecommendationEvent]) -> tu
 
 
 def replay_alerts(policy: Policy, judgments: Sequence[Judgment], store: BucketWindowStore) -> list[Alert]:
-    """Apply judgments in event-time order, evaluating every rule at each bucket boundary."""
+    """Apply judgments in event-time order, evaluating every rule at each bucket boundary.
+
+    Boundaries run from the first after a category's first judgment to where the live loop's
+    idle close-out stops once the stream has gone quiet (docs/alerts.md), through the same
+    ``AlertEngine`` the live worker drives.
+    """
     ordered = sorted(judgments, key=lambda j: j.event_time)
     times = [j.event_time.timestamp() for j in ordered]
     if not ordered:
         return []
     step = store.bucket_seconds
-    first = bucket_start(times[0], step) + step
-    # Where the live loop's idle close-out stops once the stream has gone quiet (docs/alerts.md).
-    last = int(close_out_point(times[-1], step))
-    states = pipeline.MemoryAlertStateStore()
     examples = pipeline.RecentExamples()
+    windows = EngineWindows.for_policy(store, policy)
+    engine = AlertEngine(policy, windows, pipeline.MemoryAlertStateStore(), examples)
+    first_seen: dict[str, float] = {}
     alerts: list[Alert] = []
     applied = 0
-    for boundary in range(first, last + 1, step):
+    for boundary in range(
+        bucket_start(times[0], step) + step, int(close_out_point(times[-1], step)) + 1, step
+    ):
         upto = bisect.bisect_left(times, boundary)
-        store.apply(ordered[applied:upto])
+        windows.apply(ordered[applied:upto])
         examples.add(ordered[applied:upto])
+        for judgment in ordered[applied:upto]:
+            first_seen.setdefault(judgment.category, judgment.event_time.timestamp())
         applied = upto
-        at = pipeline.utc_from_epoch(boundary)
-        for category in store.categories():
-            alerts += pipeline.evaluate_alerts(category, policy, store, states, at, examples)
+        # A category is evaluated from the first boundary after its first judgment, as live.
+        for category in sorted(first_seen):
+            alerts += engine.evaluate(category, [float(boundary)])
     return alerts
 
 
 def backtest(
-    policy: Policy, teacher: Teacher, path: Path, degradation: Degradation | None = None
+    policy: Policy,
+    teacher: Teacher,
+    path: Path,
+    degradation: Degradation | None = None,
+    bucket_seconds: int = DEFAULT_BUCKET_SECONDS,
 ) -> BacktestResult:
-    """Run the whole offline loop over ``path``."""
+    """Run the whole offline loop over ``path`` (``bucket_seconds``: the worker's, from
+    ``StreamSettings``, so the backtest evaluates the boundaries the live loop does)."""
     events, invalid = load_events(path, degradation)
     requests, sampled = sample_requests(policy, events)
     judgments = judge_all(teacher, requests)
-    result = BacktestResult(events=len(events), invalid=invalid, sampled=sampled, judgments=judgments)
+    result = BacktestResult(
+        events=len(events),
+        invalid=invalid,
+        sampled=sampled,
+        judgments=judgments,
+        windows=BucketWindowStore(bucket_seconds),
+    )
     result.alerts = replay_alerts(policy, judgments, result.windows)
     return result

@@ -132,11 +132,11 @@ def describe_alert(alert: Alert) -> str:
     return "\n".join(lines) + "\n"
 
 
-def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+def start_worker(env: dict[str, str], log_path: Path, loglevel: str = "warning") -> subprocess.Popen[bytes]:
     """The Faust worker as its own process, as in production."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("wb")
-    command = [sys.executable, "-m", "evalloop.cli", "worker", "--loglevel", "warning"]
+    command = [sys.executable, "-m", "evalloop.cli", "worker", "--loglevel", loglevel]
     return subprocess.Popen(
         command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -261,10 +261,12 @@ def _expected_alerts(config: DemoConfig) -> list[Alert]:
     from evalloop.backtest import backtest
     from judges.registry import build_teacher
     from schemas.policy import load_policy
+    from streams.config import StreamSettings
 
     policy = load_policy(config.policy_file)
-    degradation = config.degradation()
-    return backtest(policy, build_teacher(policy, config.backend), config.events_file, degradation).alerts
+    teacher = build_teacher(policy, config.backend)
+    bucket_seconds = StreamSettings().bucket_seconds
+    return backtest(policy, teacher, config.events_file, config.degradation(), bucket_seconds).alerts
 
 
 def verdict(config: DemoConfig, live: list[Alert], expected: list[Alert]) -> tuple[bool, list[str]]:

@@ -6,6 +6,7 @@ once, including rules that contradict each other, and raises PolicyError naming 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from collections.abc import Mapping
@@ -28,8 +29,9 @@ class PolicyError(SchemaError):
     """A policy document that is malformed or contradicts itself."""
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_duration(text: str) -> int:
-    """'90s', '5m', '1h', '2d' -> seconds."""
+    """'90s', '5m', '1h', '2d' -> seconds (cached: alert evaluation asks at every boundary)."""
     match = _DURATION.match(text.strip())
     if not match or int(match.group(1)) == 0:
         raise ValueError(f"duration {text!r} must be a positive number followed by s, m, h or d")

@@ -18,7 +18,7 @@ Three rules, pure (no I/O), shared by the live aggregate stage and ``evalloop ba
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -68,6 +68,19 @@ def category_points(
     return points[:MAX_POINTS_PER_ROUND]
 
 
+def every_point(
+    through: float | None, first_seen: float | None, target: float, bucket_seconds: int
+) -> list[float]:
+    """Every boundary ``category_points`` would give round after round, past its per-round cap
+    (a rebuild catching up days in one go)."""
+    points: list[float] = []
+    batch = category_points(through, first_seen, target, bucket_seconds)
+    while batch:
+        points += batch
+        batch = category_points(batch[-1], first_seen, target, bucket_seconds)
+    return points
+
+
 class LoopStateLike(Protocol):
     """Loop-wide marks shared by the workers (Redis: ``streams.status.LoopStateStore``)."""
 
@@ -81,7 +94,7 @@ class LoopStateLike(Protocol):
 
     def evaluated_through(self, categories: list[str]) -> dict[str, float | None]: ...
 
-    def set_evaluated_through(self, category: str, epoch: float) -> None: ...
+    def set_evaluated_through(self, marks: Mapping[str, float]) -> None: ...
 
 
 @dataclass
@@ -112,6 +125,7 @@ class MemoryLoopState:
         """Each category's last evaluated boundary, or None."""
         return {category: self.through.get(category) for category in categories}
 
-    def set_evaluated_through(self, category: str, epoch: float) -> None:
-        """Advance a category's mark (never backwards)."""
-        self.through[category] = max(self.through.get(category, epoch), epoch)
+    def set_evaluated_through(self, marks: Mapping[str, float]) -> None:
+        """Advance each category's mark (never backwards)."""
+        for category, epoch in marks.items():
+            self.through[category] = max(self.through.get(category, epoch), epoch)

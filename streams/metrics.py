@@ -49,6 +49,11 @@ COUNTERS: tuple[CounterSpec, ...] = (
     CounterSpec("stage_retries", ("stage",), "failed stage steps that were retried"),
     CounterSpec("processing_errors", ("stage",), "records dead-lettered as processing_error"),
     CounterSpec("idle_advances", (), "idle close-outs run (once per quiet spell or ownership change)"),
+    CounterSpec("boundaries_evaluated", (), "(category, bucket boundary) rule evaluations"),
+    CounterSpec("engine_resets", (), "times the owned partitions changed and the engine reloaded"),
+    CounterSpec("window_buckets_loaded", (), "window buckets the alert engine read from Redis"),
+    CounterSpec("evaluation_ms", (), "wall milliseconds spent evaluating owned categories' rules"),
+    CounterSpec("evaluation_cpu_ms", (), "CPU milliseconds of that thread while evaluating them"),
 )
 COUNTER_NAMES = tuple(spec.name for spec in COUNTERS)
 SPECS = {spec.name: spec for spec in COUNTERS}

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from schemas.alerts import Alert, AlertExample
 from schemas.base import SchemaError
@@ -317,6 +317,18 @@ class AlertStateStoreLike(Protocol):
     ) -> AlertState | None: ...
 
 
+class RuleWindows(NamedTuple):
+    """A rule that applies to a category and the window lengths it reads (seconds)."""
+
+    rule: AlertRule
+    windows: list[int]
+
+
+def rule_windows(policy: Policy, category: str) -> list[RuleWindows]:
+    """``category``'s rules with their windows (the alert engine keeps this per category)."""
+    return [RuleWindows(rule, required_windows(rule)) for rule in policy.rules_for(category)]
+
+
 def evaluate_alerts(
     category: str,
     policy: Policy,
@@ -324,15 +336,22 @@ def evaluate_alerts(
     states: AlertStateStoreLike,
     at: datetime,
     examples: RecentExamples | None = None,
+    rules: Sequence[RuleWindows] | None = None,
 ) -> list[Alert]:
     """Evaluate every rule of ``category`` at event time ``at`` (the watermark).
 
-    State changes are stored with check-and-set; an Alert is returned only for a transition that
-    emits (firing or resolved) and that this worker won, so two workers never announce the same one.
+    Each window length is read once for all the rules that use it. State changes are stored
+    with check-and-set; an Alert is returned only for a transition that emits (firing or
+    resolved) and that this worker won, so two workers never announce the same one.
+    ``rules``: ``rule_windows(policy, category)``, when the caller keeps it.
     """
     alerts: list[Alert] = []
-    for rule in policy.rules_for(category):
-        stats = {w: store.read(category, w, at.timestamp()) for w in required_windows(rule)}
+    read: dict[int, WindowStats] = {}
+    for rule, windows in rules if rules is not None else rule_windows(policy, category):
+        for window in windows:
+            if window not in read:
+                read[window] = store.read(category, window, at.timestamp())
+        stats = {window: read[window] for window in windows}
         evaluation = evaluate_rule(rule, stats)
         state = states.get(rule.id, category)
         step = transition(state, evaluation, at, rule)
@@ -394,25 +413,6 @@ class MemoryWindowStore:
     def categories(self) -> list[str]:
         """Categories with at least one judgment."""
         return sorted({j.category for j in self.judgments.values()})
-
-
-#: At most this many evaluation points per batch (a day of 5-minute buckets).
-MAX_EVALUATION_POINTS = 288
-
-
-def evaluation_points(last: float | None, watermark: float, bucket_seconds: int) -> list[float]:
-    """Event times to evaluate rules at: every bucket boundary in ``(last, watermark]``.
-
-    Evaluating at boundaries, not at whatever the watermark is when a batch ends, makes alert
-    transitions independent of batching, so a replay at any speed fires and resolves at the same
-    event times as live. The first call evaluates only the latest boundary.
-    """
-    latest = watermark - watermark % bucket_seconds
-    if last is None:
-        return [latest]
-    first = last - last % bucket_seconds + bucket_seconds
-    points = [float(t) for t in range(int(first), int(latest) + 1, bucket_seconds)]
-    return points[-MAX_EVALUATION_POINTS:]
 
 
 def utc_from_epoch(epoch: float) -> datetime:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
@@ -39,7 +39,8 @@ from schemas.policy import Policy
 from schemas.settings import Settings
 from streams import pipeline
 from streams.alerting import AlertState, alert_id_for, incident_id_for
-from streams.windows import bucket_start
+from streams.engine import AlertEngine, CachedStates, EngineWindows
+from streams.evaluation import every_point
 
 #: Judgments per ``WindowStore.apply`` call (the store chunks further into Lua calls of 500).
 APPLY_BATCH = 2000
@@ -154,43 +155,51 @@ def last_alerts(raws: Iterable[bytes]) -> dict[tuple[str, str], Alert]:
 # --------------------------------------------------------------------------- restoring state
 
 
-def evaluation_boundaries(
-    judgments: Sequence[Judgment], bucket_seconds: int, allowed_lateness_s: float
-) -> list[float]:
-    """Bucket boundaries from just after the first judgment up to the live watermark.
-
-    The live worker evaluates at every boundary its watermark (max event time − lateness) crossed;
-    going further would advance alert states past what the live loop announced.
-    """
+def live_watermark(judgments: Sequence[Judgment], allowed_lateness_s: float) -> float | None:
+    """The watermark the live worker would have: max event time − allowed lateness (None: none)."""
     if not judgments:
-        return []
-    times = [j.event_time.timestamp() for j in judgments]
-    first = bucket_start(min(times), bucket_seconds) + bucket_seconds
-    mark = max(times) - allowed_lateness_s
-    last = mark - mark % bucket_seconds
-    return [float(t) for t in range(int(first), int(last) + 1, bucket_seconds)]
+        return None
+    return max(j.event_time.timestamp() for j in judgments) - allowed_lateness_s
+
+
+def first_seen(judgments: Iterable[Judgment]) -> dict[str, float]:
+    """Each category's earliest judgment event time (where its boundaries start)."""
+    earliest: dict[str, float] = {}
+    for judgment in judgments:
+        epoch = judgment.event_time.timestamp()
+        earliest[judgment.category] = min(earliest.get(judgment.category, epoch), epoch)
+    return earliest
+
+
+class Restored(NamedTuple):
+    """Each category's last evaluated boundary, and how many (category, boundary) evaluations ran."""
+
+    through: dict[str, float]
+    evaluations: int
 
 
 def restore_alert_states(
     policy: Policy,
     windows: pipeline.WindowStoreLike,
     states: pipeline.AlertStateStoreLike,
-    boundaries: Sequence[float],
-) -> int:
-    """Evaluate every rule of every category at each boundary, storing state and discarding alerts.
+    starts: dict[str, float],
+    target: float,
+) -> Restored:
+    """Evaluate every category's rules at each of its boundaries up to ``target`` through the
+    ``AlertEngine``, storing state and discarding alerts (they were announced already).
 
     All judgments are applied before this runs; that is equivalent to the live, incremental
     order because a window evaluated at boundary ``t`` reads only buckets that start before ``t``.
-    Returns the number of (boundary, category) evaluations.
+    ``starts``: each category's first judgment time.
     """
-    categories = sorted(windows.categories())
-    evaluations = 0
-    for boundary in boundaries:
-        at = pipeline.utc_from_epoch(boundary)
-        for category in categories:
-            pipeline.evaluate_alerts(category, policy, windows, states, at)  # alerts discarded: no emit
-            evaluations += 1
-    return evaluations
+    engine = AlertEngine(policy, windows, states)
+    through: dict[str, float] = {}
+    for category in sorted(starts):
+        points = every_point(None, starts[category], target, windows.bucket_seconds)
+        engine.evaluate(category, points)  # alerts discarded: no emit
+        if points:
+            through[category] = points[-1]
+    return Restored(through, engine.boundaries)
 
 
 def restored_states(
@@ -319,12 +328,20 @@ def rebuild(
         prefix = settings.redis.key_prefix
         windows = WindowStore(client, prefix, bucket_seconds, ttl_seconds)
         states = AlertStateStore(client, prefix)
+        latest = max((j.event_time.timestamp() for j in judgments), default=None)
+        engine_windows = EngineWindows.for_policy(windows, policy, horizon=lambda: latest)
+        cached_states = CachedStates(states)
         counts.keys_cleared = windows.clear()
         counts.applied = apply_all(windows, judgments)
         categories = windows.categories()
         counts.categories = len(categories)
-        boundaries = evaluation_boundaries(judgments, bucket_seconds, allowed_lateness_s)
-        counts.evaluations = restore_alert_states(policy, windows, states, boundaries)
+        mark = live_watermark(judgments, allowed_lateness_s)
+        through: dict[str, float] = {}
+        if mark is not None:
+            restored_marks = restore_alert_states(
+                policy, engine_windows, cached_states, first_seen(judgments), mark
+            )
+            through, counts.evaluations = restored_marks
         announced = last_alerts(alert_raws)
         restored = restored_states(policy, categories, states)
         counts.reconciled = compare_with_alerts(restored, announced)
@@ -332,14 +349,11 @@ def rebuild(
         restored = restored_states(policy, categories, states)
         counts.alert_states_restored = sum(1 for s in restored.values() if s.state != "ok")
         counts.mismatches = compare_with_alerts(restored, announced)
-        if judgments:
-            latest = max(j.event_time.timestamp() for j in judgments)
-            mark = latest - allowed_lateness_s
+        if mark is not None:
             loop_state = LoopStateStore(client, prefix)
             loop_state.set_watermark(mark)
-            loop_state.note_event_time(latest)
-            for category in categories if boundaries else ():
-                loop_state.set_evaluated_through(category, boundaries[-1])
+            loop_state.note_event_time(mark + allowed_lateness_s)
+            loop_state.set_evaluated_through(through)
             counts.watermark = pipeline.utc_from_epoch(mark).isoformat()
     finally:
         client.close()

@@ -25,6 +25,7 @@ from schemas.settings import Settings
 from streams import pipeline
 from streams.config import StreamSettings
 from streams.deadletter import dead_letter
+from streams.engine import AlertEngine, EngineWindows
 from streams.evaluation import (
     LoopStateLike,
     MemoryLoopState,
@@ -36,7 +37,6 @@ from streams.metrics import LoopMetrics
 from streams.notify import RetryPolicy, WebhookSender, WebhookTarget, deliver
 from streams.sampling import Sampler
 from streams.teacher_client import CircuitBreaker, TeacherClient
-from streams.window_store import CachedWindows
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,8 @@ class Components:
         # after its boundary was evaluated still counts in the windows (and is counted as such).
         self.judgment_retention_s = float(self.stream.window_ttl_s)
         self.examples = pipeline.RecentExamples()
+        #: The rules at each boundary, over the windows and alert states (held in memory).
+        self.engine = AlertEngine(self.policy, self.windows, self.alert_states, self.examples)
         #: Per category, the earliest judgment event time this worker applied (where to start).
         self.first_seen: dict[str, float] = {}
         #: Wall time of the last judgment batch (or start): the idle close-out counts from it.
@@ -390,21 +392,33 @@ async def evaluate_until(c: Components, target: float, touched: frozenset[str]) 
 def _evaluate_owned(c: Components, target: float, touched: frozenset[str]) -> list[Alert]:
     # Every known category this worker owns, not only those in this batch: a quiet category must
     # still be able to resolve as the watermark moves on.
+    started, started_cpu = time.perf_counter(), time.thread_time()
     partitions, owned = c.settings.topics.judgments.partitions, c.owned_partitions()
-    if owned != c.last_owned and isinstance(c.windows, CachedWindows):
-        c.windows.reset()  # a category may have been applied by another worker meanwhile
+    if owned != c.last_owned:
+        c.engine.reset()  # a category may have been applied by another worker meanwhile
+        c.metrics.add("engine_resets")
+        log.info(
+            "owned judgments partitions %s (were %s): alert engine reloads from Redis", owned, c.last_owned
+        )
     c.last_owned = owned
     known = set(c.windows.categories()) | touched
     categories = owned_categories(known, partitions, owned)
     marks = c.loop_state.evaluated_through(categories)
     alerts: list[Alert] = []
+    reached: dict[str, float] = {}
     for category in categories:
         points = category_points(marks[category], c.first_seen.get(category), target, c.stream.bucket_seconds)
-        for point in points:
-            at = pipeline.utc_from_epoch(point)
-            alerts += pipeline.evaluate_alerts(category, c.policy, c.windows, c.alert_states, at, c.examples)
+        alerts += c.engine.evaluate(category, points)
+        c.metrics.add("boundaries_evaluated", len(points))
         if points:
-            c.loop_state.set_evaluated_through(category, points[-1])
+            reached[category] = points[-1]
+    c.loop_state.set_evaluated_through(reached)
+    if isinstance(c.windows, EngineWindows):
+        c.metrics.add(
+            "window_buckets_loaded", c.windows.buckets_loaded - c.metrics.value("window_buckets_loaded")
+        )
+    c.metrics.add("evaluation_ms", round(1000 * (time.perf_counter() - started)))
+    c.metrics.add("evaluation_cpu_ms", round(1000 * (time.thread_time() - started_cpu)))
     return alerts
 
 

@@ -8,7 +8,7 @@ probability; bounds are Wilson intervals on Kish's effective sample size.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
@@ -90,9 +90,14 @@ class LoopStateStore:
         raws = self.redis.mget([self.evaluated_key(c) for c in categories])
         return {c: float(raw) if raw is not None else None for c, raw in zip(categories, raws, strict=True)}
 
-    def set_evaluated_through(self, category: str, epoch: float) -> None:
-        """Advance ``category``'s mark to ``epoch`` (never backwards)."""
-        self._max(keys=[self.evaluated_key(category)], args=[repr(float(epoch))])
+    def set_evaluated_through(self, marks: Mapping[str, float]) -> None:
+        """Advance each category's mark (never backwards), in one round trip."""
+        if not marks:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for category, epoch in marks.items():
+            self._max(keys=[self.evaluated_key(category)], args=[repr(float(epoch))], client=pipe)
+        pipe.execute()
 
 
 def _share(stats: WindowStats, display: str) -> dict[str, float]:

@@ -28,7 +28,6 @@ from streams.windows import (
     WindowStats,
     bucket_start,
     counter_updates,
-    merge_counts,
 )
 
 #: Judgments per EVALSHA: big enough to be fast, small enough not to block Redis for long.
@@ -202,62 +201,3 @@ class AlertStateStore:
         fields = [item for pair in stored.to_dict().items() for item in pair]
         ok = self._cas(keys=[self.key(rule_id, category)], args=[expected_version, *fields])
         return stored if int(ok) == 1 else None
-
-
-class CachedWindows:
-    """The windows an owner reads for its rules, kept in memory in front of a ``WindowStore``.
-
-    Alert evaluation reads every rule's windows at every bucket boundary (36–72 buckets per window);
-    from Redis that was most of a replayed day's run time. A category's judgments all land on one
-    judgments partition, so the worker that owns it is the only one applying them: it keeps that
-    category's recent buckets in memory, write-through (``apply`` adds each *newly applied*
-    judgment, the ones Redis counted, to a bucket already in memory), and loads a bucket from Redis
-    only the first time a read covers it. When the set of owned partitions changes, every cached
-    bucket is dropped (``reset``) and re-read from Redis on demand, so a category that moved away
-    and back is never read stale. Buckets older than ``keep_s`` before the latest read are evicted.
-    """
-
-    def __init__(self, store: WindowStore, keep_s: int) -> None:
-        self.store = store
-        self.bucket_seconds = store.bucket_seconds
-        self.keep_s = keep_s
-        self._buckets: dict[str, dict[int, dict[str, float]]] = {}
-        self.loads = 0
-
-    def apply(self, judgments: Sequence[Judgment]) -> int:
-        """Apply to Redis (idempotently); fold the newly applied ones into the buckets in memory."""
-        new = self.store.apply_new(judgments)
-        for judgment in new:
-            cached = self._buckets.get(judgment.category)
-            start = bucket_start(judgment.event_time.timestamp(), self.bucket_seconds)
-            if cached is not None and start in cached:
-                merge_counts(cached[start], counter_updates(judgment))
-        return len(new)
-
-    def read(self, category: str, window_s: int, end_epoch: float) -> WindowStats:
-        """The window ``[end_epoch - window_s, end_epoch)`` from memory, loading missing buckets."""
-        aggregate = WindowAggregate(window_s, end_epoch, self.bucket_seconds)
-        cached = self._buckets.setdefault(category, {})
-        starts = aggregate.covering_buckets()
-        missing = [start for start in starts if start not in cached]
-        if missing:
-            cached.update(self.store.read_buckets(category, missing))
-            self.loads += 1
-        for start in starts:
-            if cached[start]:
-                aggregate.update(start, cached[start])
-        self._evict(cached, end_epoch)
-        return aggregate.result()
-
-    def _evict(self, cached: dict[int, dict[str, float]], end_epoch: float) -> None:
-        oldest = end_epoch - self.keep_s - self.bucket_seconds
-        for start in [start for start in cached if start < oldest]:
-            del cached[start]
-
-    def categories(self) -> set[str]:
-        """Every category that has had a judgment applied (Redis)."""
-        return self.store.categories()
-
-    def reset(self) -> None:
-        """Forget every cached bucket (ownership changed: re-read from Redis)."""
-        self._buckets.clear()

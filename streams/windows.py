@@ -19,9 +19,11 @@ Counter fields (all increments are floats; ``w`` = weight = 1 / inclusion_probab
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from statistics import NormalDist
 from typing import NamedTuple
 
@@ -95,6 +97,7 @@ class RateEstimate(NamedTuple):
     bad: int
 
 
+@functools.lru_cache(maxsize=64)
 def z_for(confidence: float) -> float:
     """Two-sided normal quantile: 0.95 → 1.95996."""
     return NormalDist().inv_cdf(1.0 - (1.0 - confidence) / 2.0)
@@ -136,21 +139,49 @@ def weighted_rate(
 class WindowStats:
     """One category's window: counts, the merged counters, and every signal's rate.
 
-    ``rates`` holds the plain signals and ``failure_mode_share:<id>`` for every mode seen, at the
-    aggregate's confidence; ``signal_rate`` recomputes any rule's rate at that rule's confidence.
+    ``rates`` (computed on first use: alert evaluation needs only its rules' signals) holds the
+    plain signals and ``failure_mode_share:<id>`` for every mode seen, at ``confidence``;
+    ``signal_rate`` computes one rule's rate at that rule's confidence.
     """
 
     window_s: int
     samples: int
     weighted_samples: float
     errors: int
-    rates: dict[str, RateEstimate]
     counters: dict[str, float] = field(default_factory=dict)
     end_epoch: int = 0
+    confidence: float = 0.95
+
+    @cached_property
+    def rates(self) -> dict[str, RateEstimate]:
+        """Every signal's rate in this window (plain signals and each failure mode seen)."""
+        counters = self.counters
+        rates = {s: rate_from_counters(counters, s, None, self.confidence) for s in PLAIN_SIGNALS}
+        for name in counters:
+            if name.startswith("fm:"):
+                mode = name[3:]
+                key = f"failure_mode_share:{mode}"
+                rates[key] = rate_from_counters(counters, "failure_mode_share", mode, self.confidence)
+        return rates
 
     def failure_modes(self) -> dict[str, int]:
         """Failure mode id → count of ok judgments tagged with it."""
         return {k[3:]: round(v) for k, v in self.counters.items() if k.startswith("fm:")}
+
+
+def stats_from_counters(
+    window_s: int, end_epoch: float, counters: Mapping[str, float], confidence: float = 0.95
+) -> WindowStats:
+    """A window's WindowStats from its merged counters (copied)."""
+    return WindowStats(
+        window_s=window_s,
+        samples=round(_get(counters, "n")),
+        weighted_samples=_get(counters, "w"),
+        errors=round(_get(counters, "err")),
+        counters=dict(counters),
+        end_epoch=math.ceil(end_epoch),
+        confidence=confidence,
+    )
 
 
 def _get(counters: Mapping[str, float], name: str) -> float:
@@ -234,20 +265,5 @@ class WindowAggregate:
             self.add(judgment)
 
     def result(self) -> WindowStats:
-        """The window's stats with every signal's rate at this aggregate's confidence."""
-        counters = dict(self._counters)
-        rates = {s: rate_from_counters(counters, s, None, self.confidence) for s in PLAIN_SIGNALS}
-        for name in counters:
-            if name.startswith("fm:"):
-                mode = name[3:]
-                key = f"failure_mode_share:{mode}"
-                rates[key] = rate_from_counters(counters, "failure_mode_share", mode, self.confidence)
-        return WindowStats(
-            window_s=self.window_s,
-            samples=round(_get(counters, "n")),
-            weighted_samples=_get(counters, "w"),
-            errors=round(_get(counters, "err")),
-            rates=rates,
-            counters=counters,
-            end_epoch=math.ceil(self.end_epoch),
-        )
+        """The window's stats (rates at this aggregate's confidence)."""
+        return stats_from_counters(self.window_s, self.end_epoch, self._counters, self.confidence)

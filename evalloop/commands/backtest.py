@@ -96,15 +96,17 @@ def _print_table(summary: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> int:
     """Backtest and print the per-category shares and the alert timeline."""
     from judges.registry import build_teacher
+    from streams.config import StreamSettings
 
     try:
+        bucket_seconds = StreamSettings().bucket_seconds  # the worker's, so boundaries match live
         policy = load_policy(args.policy)
         degradation = _degradation(args, [category.name for category in policy.categories])
         if not args.file.is_file():
             print(f"evalloop backtest: no such file: {args.file}", file=sys.stderr)
             return 2
         teacher = build_teacher(policy, args.teacher)
-        result = backtest(policy, teacher, args.file, degradation)
+        result = backtest(policy, teacher, args.file, degradation, bucket_seconds)
     except (PolicyError, ValueError, OSError) as error:
         print(f"evalloop backtest: {error}", file=sys.stderr)
         return 2

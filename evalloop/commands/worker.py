@@ -54,13 +54,13 @@ def build(policy_path: Path | None = None, allow_policy_version_bump: bool = Fal
     from schemas.settings import load_settings
     from streams.app import create_app
     from streams.config import StreamSettings
+    from streams.engine import CachedStates, EngineWindows
     from streams.notify import HttpxWebhookSender
-    from streams.pipeline import policy_retention_s
     from streams.services import require_kafka, require_redis
     from streams.stages import Components
     from streams.status import LoopStateStore, redis_from_settings
     from streams.teacher_client import CircuitBreaker, ServeTeacherClient, check_teacher, serve_url
-    from streams.window_store import AlertStateStore, CachedWindows, WindowStore
+    from streams.window_store import AlertStateStore, WindowStore
 
     settings = load_settings()
     stream = StreamSettings()
@@ -87,20 +87,22 @@ def build(policy_path: Path | None = None, allow_policy_version_bump: bool = Fal
         breaker=breaker,
         policy=policy,
     )
+    loop_state = LoopStateStore(client, prefix)
     components = Components(
         settings=settings,
         stream=stream,
         policy=policy,
         teacher=teacher,
-        windows=CachedWindows(
+        windows=EngineWindows.for_policy(
             WindowStore(client, prefix, stream.bucket_seconds, stream.window_ttl_s),
-            keep_s=int(policy_retention_s(policy)),
+            policy,
+            horizon=loop_state.latest_event_time,
         ),
-        alert_states=AlertStateStore(client, prefix),
+        alert_states=CachedStates(AlertStateStore(client, prefix)),
         breaker=breaker,
         webhooks=webhooks,
         webhook_sender=HttpxWebhookSender(httpx.Client()) if webhooks else None,
-        loop_state=LoopStateStore(client, prefix),
+        loop_state=loop_state,
     )
     return create_app(components)
 

@@ -10,8 +10,15 @@ import numpy as np
 import pytest
 
 from bench import bench_gpu
-from bench.bench_dispatch import chunks, percentile, tag_pair
-from bench.bench_e2e import parse_stat, parse_vmhwm_kib, process_label
+from bench.bench_dispatch import chunks, direct_batched, percentile, tag_pair
+from bench.bench_e2e import (
+    parse_stat,
+    parse_vmhwm_kib,
+    process_label,
+    replayed_days,
+    shifted,
+    worker_counters,
+)
 from bench.bench_ingest import scoped_env, shape_event
 
 STAT = "1234 (ray::Serve Replica) S 77 1234 1234 0 -1 4194304 100 0 0 0 250 40 0 0 20 0 5 0 100 0 0"
@@ -104,3 +111,39 @@ def test_gpu_bench_skips_without_nvidia_smi(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(bench_gpu.shutil, "which", lambda _name: None)
     result = bench_gpu.run(quick=True)
     assert result.skipped is not None and result.skipped.startswith("no GPU here: skipped")
+
+
+def test_replayed_days_shift_each_day_and_keep_event_time_order() -> None:
+    days = [json.loads(raw) for raw in replayed_days(2, "run", limit=5)]
+    assert len(days) == 10 and len({d["event_id"] for d in days}) == 10
+    first, second = days[0], days[5]
+    assert second["event_time"] == shifted(first["event_time"], 1)
+    assert datetime.fromisoformat(second["event_time"].replace("Z", "+00:00")) == datetime.fromisoformat(
+        first["event_time"].replace("Z", "+00:00")
+    ).replace(day=2)
+    times = [d["event_time"] for d in days]
+    assert times == sorted(times)
+    assert shifted("not a time", 3) == "not a time"
+
+
+def test_worker_counters_reads_every_logged_snapshot() -> None:
+    log = (
+        "[2026] [1] [INFO] evalloop counters {'evaluation_ms': 5, 'boundaries_evaluated': 2}\n"
+        "noise\n[2026] [1] [INFO] evalloop counters {'evaluation_ms': 9, 'boundaries_evaluated': 7}\n"
+    )
+    assert worker_counters(log) == [
+        {"evaluation_ms": 5, "boundaries_evaluated": 2},
+        {"evaluation_ms": 9, "boundaries_evaluated": 7},
+    ]
+
+
+def test_direct_batched_merges_the_calls_serve_would_batch() -> None:
+    seen: list[int] = []
+
+    class Teacher:
+        def judge(self, pairs: list[int]) -> list[int]:
+            seen.append(len(pairs))
+            return []
+
+    phase = direct_batched(Teacher(), [[1] * 10] * 70, calls_per_batch=32)
+    assert seen == [320, 320, 60] and len(phase.latencies_s) == 3

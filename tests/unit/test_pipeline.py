@@ -23,7 +23,6 @@ from streams.pipeline import (
     Valid,
     aggregate,
     evaluate_alerts,
-    evaluation_points,
     sample,
     to_requests,
     validate,
@@ -104,14 +103,6 @@ def test_partitioned_watermark_waits_for_the_slowest_partition() -> None:
     clock["t"] = 6.0
     mark.observe(late, 0)
     assert mark.value == late  # partition 1 idle for 6 s: no longer waited for
-
-
-def test_evaluation_points_are_bucket_boundaries_independent_of_batching() -> None:
-    assert evaluation_points(None, 1000.0, 300) == [900.0]
-    assert evaluation_points(900.0, 1900.0, 300) == [1200.0, 1500.0, 1800.0]
-    assert evaluation_points(1800.0, 1850.0, 300) == []
-    split = evaluation_points(900.0, 1300.0, 300) + evaluation_points(1200.0, 1900.0, 300)
-    assert split == evaluation_points(900.0, 1900.0, 300)
 
 
 def test_sample_carries_the_inclusion_probability(policy: Policy) -> None:

@@ -20,13 +20,15 @@ from schemas.judgments import Judgment
 from schemas.policy import Policy, load_policy
 from streams import pipeline
 from streams.alerting import AlertState, alert_id_for
+from streams.evaluation import every_point
 from streams.rebuild import (
     RebuildCounts,
     _read_until,
     compare_with_alerts,
     distinct_judgments,
-    evaluation_boundaries,
+    first_seen,
     last_alerts,
+    live_watermark,
     reconcile,
     restore_alert_states,
     restored_states,
@@ -55,12 +57,22 @@ def test_distinct_judgments_counts_duplicates_and_invalid(judgments: list[Judgme
     assert (counts.judgments_read, counts.distinct, counts.duplicates, counts.invalid) == (58, 50, 7, 1)
 
 
-def test_evaluation_boundaries_stop_at_the_live_watermark(judgments: list[Judgment]) -> None:
+def boundaries(judgments: list[Judgment], lateness: float = LATENESS) -> list[float]:
+    """The live loop's boundaries: after the first judgment's bucket, up to the live watermark."""
+    mark = live_watermark(judgments, lateness)
+    if mark is None:
+        return []
+    return every_point(None, min(first_seen(judgments).values()), mark, 300)
+
+
+def test_boundaries_stop_at_the_live_watermark(judgments: list[Judgment]) -> None:
     base = datetime(2024, 6, 1, tzinfo=UTC)
     few = [replace_time(judgments[0], base + timedelta(seconds=s)) for s in (10, 700, 1290)]
     # first boundary after the first bucket; last at floor(1290 - 600) = 600
-    assert evaluation_boundaries(few, 300, 600.0) == [base.timestamp() + 300, base.timestamp() + 600]
-    assert evaluation_boundaries([], 300, 600.0) == []
+    assert boundaries(few, 600.0) == [base.timestamp() + 300, base.timestamp() + 600]
+    assert boundaries([], 600.0) == []
+    many = [replace_time(judgments[0], base + timedelta(days=d)) for d in (0, 3)]
+    assert len(boundaries(many, 0.0)) == 3 * 288, "a rebuild is not capped at one round's 288 points"
 
 
 def replace_time(judgment: Judgment, at: datetime) -> Judgment:
@@ -86,13 +98,15 @@ def _incremental(
 
 
 def test_restore_equals_the_live_incremental_evaluation(policy: Policy, judgments: list[Judgment]) -> None:
-    boundaries = evaluation_boundaries(judgments, 300, LATENESS)
-    live_states, live_alerts = _incremental(policy, judgments, boundaries)
+    live_states, live_alerts = _incremental(policy, judgments, boundaries(judgments))
     assert any(a.state == "firing" for a in live_alerts), "the test policy should fire on the noop teacher"
 
     store, states = BucketWindowStore(), pipeline.MemoryAlertStateStore()
     store.apply(judgments)
-    restore_alert_states(policy, store, states, boundaries)
+    mark = live_watermark(judgments, LATENESS)
+    assert mark is not None
+    restored_marks = restore_alert_states(policy, store, states, first_seen(judgments), mark)
+    assert set(restored_marks.through) == set(store.categories()) and restored_marks.evaluations > 0
     restored = restored_states(policy, store.categories(), states)
     assert {k: v for k, v in restored.items() if v.state != "ok"} == live_states.states
     topic = [a.model_dump_json().encode() for a in live_alerts]
@@ -102,8 +116,7 @@ def test_restore_equals_the_live_incremental_evaluation(policy: Policy, judgment
 def _firing(
     policy: Policy, judgments: list[Judgment]
 ) -> tuple[dict[tuple[str, str], AlertState], list[Alert]]:
-    boundaries = evaluation_boundaries(judgments, 300, LATENESS)
-    states, alerts = _incremental(policy, judgments, boundaries)
+    states, alerts = _incremental(policy, judgments, boundaries(judgments))
     return dict(states.states), alerts
 
 
