@@ -65,6 +65,9 @@ class Alert(StrictModel):
     top_failure_modes: Annotated[list[FailureModeShare], Field(max_length=16)] = Field(default_factory=list)
     examples: Annotated[list[AlertExample], Field(max_length=10)] = Field(default_factory=list)
     policy_version: Identifier
+    #: A CUSUM rule's statistic at ``updated_at`` and the level it alarms at (absent otherwise).
+    statistic: float | None = Field(default=None, ge=0.0)
+    alarm_level: float | None = Field(default=None, gt=0.0)
     started_at: Timestamp
     fired_at: Timestamp | None = None
     resolved_at: Timestamp | None = None

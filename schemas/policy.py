@@ -120,22 +120,63 @@ class BurnWindow(_PolicyModel):
 Signal = Literal["filtered_share", "not_shown_share", "failure_mode_share", "error_share"]
 
 
+class Cusum(_PolicyModel):
+    """A CUSUM rule's design: the bad share that is normal, how rarely it may page falsely,
+    and the judgments a category gets per hour (sets how many judgments that interval holds)."""
+
+    #: The bad share when all is well (p0); the rule's ``threshold`` is the share to catch (p1).
+    in_control: float = Field(gt=0.0, lt=1.0)
+    #: Expected time between false alarms per category at ``in_control`` (the ARL0, e.g. "30d").
+    false_alarm_every: Duration
+    #: Expected judgments per hour in a category (sampled events × items judged).
+    judgments_per_hour: float = Field(gt=0.0)
+
+    @property
+    def false_alarm_seconds(self) -> int:
+        return parse_duration(self.false_alarm_every)
+
+
 class AlertRule(_PolicyModel):
-    """Fire when the bad share's lower confidence bound exceeds ``threshold × factor`` in both
-    windows of a pair, each with at least ``min_samples``; resolve when it stays under."""
+    """``kind: burn_rate`` (default): fire when the bad share's lower confidence bound exceeds
+    ``threshold × factor`` in both windows of a pair, each with at least ``min_samples``;
+    resolve when it stays under. ``kind: cusum``: fire when the Bernoulli CUSUM of the bad
+    indicator (``in_control`` share against ``threshold``) crosses the level set by
+    ``cusum.false_alarm_every``; resolve once it is back to zero (docs/alerts.md)."""
 
     id: Identifier
     description: str = ""
+    kind: Literal["burn_rate", "cusum"] = "burn_rate"
     signal: Signal
     failure_mode: Identifier | None = None
     threshold: float = Field(gt=0.0, lt=1.0)
-    windows: Annotated[list[BurnWindow], Field(min_length=1, max_length=4)]
-    min_samples: int = Field(ge=1)
+    windows: Annotated[list[BurnWindow], Field(default_factory=list, max_length=4)]
+    min_samples: int | None = Field(default=None, ge=1)
+    cusum: Cusum | None = None
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
     severity: Literal["page", "ticket"]
     pending_for: Duration | None = None
     resolve_for: Duration = "5m"
     categories: list[ShortText] | None = None
+
+    @property
+    def required_samples(self) -> int:
+        """``min_samples`` (a burn-rate rule always has it; 1 otherwise)."""
+        return self.min_samples or 1
+
+    @model_validator(mode="after")
+    def _kind_complete(self) -> AlertRule:
+        if self.kind == "burn_rate" and (not self.windows or self.min_samples is None):
+            raise ValueError("a burn_rate rule needs windows (at least one pair) and min_samples")
+        if self.kind == "cusum":
+            if self.cusum is None or self.windows:
+                raise ValueError("a cusum rule needs a cusum block and takes no windows")
+            if self.cusum.in_control >= self.threshold:
+                raise ValueError(
+                    f"cusum.in_control {self.cusum.in_control} must be below the threshold {self.threshold}"
+                )
+        elif self.cusum is not None:
+            raise ValueError("a cusum block belongs to kind: cusum only")
+        return self
 
     @model_validator(mode="after")
     def _windows_ordered(self) -> AlertRule:

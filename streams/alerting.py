@@ -19,7 +19,8 @@ from typing import Literal
 from schemas.alerts import Alert, AlertExample, FailureModeShare, WindowFigure
 from schemas.judgments import Judgment
 from schemas.policy import AlertRule, parse_duration
-from streams.windows import RateEstimate, WindowStats, signal_rate
+from streams.cusum import CusumDesign, bucket_design, update
+from streams.windows import RateEstimate, WindowStats, signal_rate, window_name
 
 StateName = Literal["ok", "pending", "firing", "resolved"]
 Emit = Literal["firing", "resolved"]
@@ -59,11 +60,13 @@ class WindowFigureData:
 
 @dataclass(frozen=True)
 class RuleEvaluation:
-    """A rule's verdict on one category at one watermark."""
+    """A rule's verdict on one category at one watermark (a CUSUM rule adds its statistic)."""
 
     breaching: bool
     recovered: bool
     figures: list[WindowFigureData]
+    statistic: float | None = None
+    alarm_level: float | None = None
 
 
 def required_windows(rule: AlertRule) -> list[int]:
@@ -75,7 +78,7 @@ def _figure(
     name: str, role: Literal["long", "short"], stats: WindowStats, rule: AlertRule, threshold: float
 ) -> WindowFigureData:
     estimate: RateEstimate = signal_rate(stats, rule)
-    enough = estimate.samples >= rule.min_samples
+    enough = estimate.samples >= rule.required_samples
     return WindowFigureData(
         window=name,
         seconds=stats.window_s,
@@ -117,6 +120,42 @@ def evaluate_rule(rule: AlertRule, stats_by_window: Mapping[int, WindowStats]) -
     return RuleEvaluation(breaching=breaching, recovered=recovered and not breaching, figures=figures)
 
 
+def cusum_design(rule: AlertRule, bucket_seconds: int) -> CusumDesign:
+    """The rule's CUSUM (increments and alarm level) for buckets of ``bucket_seconds``."""
+    if rule.cusum is None:
+        raise ValueError(f"rule {rule.id} is not a cusum rule")
+    per_bucket = rule.cusum.judgments_per_hour * bucket_seconds / 3600.0
+    target = rule.cusum.false_alarm_seconds / bucket_seconds
+    return bucket_design(rule.cusum.in_control, rule.threshold, per_bucket, target)
+
+
+def cusum_statistic(
+    rule: AlertRule, state: AlertState, bucket: WindowStats, at: datetime, bucket_seconds: int
+) -> float:
+    """The statistic once the bucket ending at ``at`` is added (unchanged if it already was)."""
+    if state.statistic_through is not None and at <= state.statistic_through:
+        return state.statistic
+    estimate = signal_rate(bucket, rule)
+    return update(state.statistic, estimate.bad, estimate.samples, cusum_design(rule, bucket_seconds))
+
+
+def evaluate_cusum(
+    rule: AlertRule, statistic: float, bucket: WindowStats, bucket_seconds: int
+) -> RuleEvaluation:
+    """A CUSUM rule's verdict: breaching at the alarm level, recovered back at zero; the figure
+    is the bucket just added (its rate against the rule's threshold)."""
+    design = cusum_design(rule, bucket_seconds)
+    figure = _figure(window_name(bucket.window_s), "short", bucket, rule, rule.threshold)
+    breaching = statistic >= design.threshold
+    return RuleEvaluation(
+        breaching=breaching,
+        recovered=statistic <= 0.0,
+        figures=[replace(figure, breaching=breaching)],
+        statistic=statistic,
+        alarm_level=design.threshold,
+    )
+
+
 @dataclass(frozen=True)
 class AlertState:
     """Stored state of one (rule, category). Times are event times (the watermark).
@@ -133,6 +172,9 @@ class AlertState:
     resolved_at: datetime | None = None
     incident_id: str | None = None
     version: int = 0
+    #: A CUSUM rule's statistic and the last boundary whose bucket it holds (None: never).
+    statistic: float = 0.0
+    statistic_through: datetime | None = None
 
     def to_dict(self) -> dict[str, str]:
         """Flat strings for a Redis hash; None becomes ''."""
@@ -157,12 +199,21 @@ class AlertState:
             state=state,  # type: ignore[arg-type]  # checked just above
             incident_id=data.get("incident_id") or None,
             version=int(data.get("version") or 0),
+            statistic=float(data.get("statistic") or 0.0),
             **times,
         )
 
 
-_TIME_FIELDS = ("since", "started_at", "fired_at", "last_breach_at", "recovered_since", "resolved_at")
-_STATE_FIELDS = ("state", *_TIME_FIELDS, "incident_id", "version")
+_TIME_FIELDS = (
+    "since",
+    "started_at",
+    "fired_at",
+    "last_breach_at",
+    "recovered_since",
+    "resolved_at",
+    "statistic_through",
+)
+_STATE_FIELDS = ("state", *_TIME_FIELDS, "incident_id", "version", "statistic")
 
 
 @dataclass(frozen=True)
@@ -281,6 +332,8 @@ def build_alert(
         top_failure_modes=list(top_failure_modes)[:16],
         examples=list(examples)[:10],
         policy_version=policy_version,
+        statistic=evaluation.statistic,
+        alarm_level=evaluation.alarm_level,
         started_at=state.started_at,
         fired_at=state.fired_at,
         resolved_at=state.resolved_at if state.state == "resolved" else None,

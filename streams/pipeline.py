@@ -29,7 +29,11 @@ from schemas.judgments import Judgment
 from schemas.policy import AlertRule, Policy
 from streams.alerting import (
     AlertState,
+    Emit,
+    RuleEvaluation,
     build_alert,
+    cusum_statistic,
+    evaluate_cusum,
     evaluate_rule,
     example_of,
     is_bad,
@@ -348,22 +352,58 @@ def evaluate_alerts(
     alerts: list[Alert] = []
     read: dict[int, WindowStats] = {}
     for rule, windows in rules if rules is not None else rule_windows(policy, category):
-        for window in windows:
-            if window not in read:
-                read[window] = store.read(category, window, at.timestamp())
-        stats = {window: read[window] for window in windows}
-        evaluation = evaluate_rule(rule, stats)
         state = states.get(rule.id, category)
-        step = transition(state, evaluation, at, rule)
-        if step.new_state == state:
+        verdict = _verdict(rule, windows, state, _Reader(store, category, at, read))
+        if verdict.new_state == state:
             continue
-        stored = states.put(rule.id, category, step.new_state, state.version)
-        if stored is None or step.emit is None:
+        stored = states.put(rule.id, category, verdict.new_state, state.version)
+        if stored is None or verdict.emit is None:
             continue
-        modes = top_failure_modes(stats[max(stats)])
+        modes = top_failure_modes(verdict.widest)
         shown = examples.examples(category, rule) if examples is not None else []
-        alerts.append(build_alert(rule, category, stored, evaluation, modes, shown, policy.version, at))
+        alerts.append(
+            build_alert(rule, category, stored, verdict.evaluation, modes, shown, policy.version, at)
+        )
     return alerts
+
+
+@dataclass
+class _Reader:
+    """Reads each window length once per (category, boundary), for every rule that needs it."""
+
+    store: WindowStoreLike
+    category: str
+    at: datetime
+    read: dict[int, WindowStats]
+
+    def __call__(self, window_s: int) -> WindowStats:
+        if window_s not in self.read:
+            self.read[window_s] = self.store.read(self.category, window_s, self.at.timestamp())
+        return self.read[window_s]
+
+
+class Verdict(NamedTuple):
+    """A rule's evaluation at a boundary, the state it leads to, and its widest window."""
+
+    evaluation: RuleEvaluation
+    new_state: AlertState
+    emit: Emit | None
+    widest: WindowStats
+
+
+def _verdict(rule: AlertRule, windows: Sequence[int], state: AlertState, reader: _Reader) -> Verdict:
+    if rule.kind == "cusum":
+        step_s = reader.store.bucket_seconds
+        bucket = reader(step_s)  # the bucket that ends at this boundary
+        statistic = cusum_statistic(rule, state, bucket, reader.at, step_s)
+        evaluation = evaluate_cusum(rule, statistic, bucket, step_s)
+        step = transition(state, evaluation, reader.at, rule)
+        moved = replace(step.new_state, statistic=statistic, statistic_through=reader.at)
+        return Verdict(evaluation, moved, step.emit, bucket)
+    stats = {window: reader(window) for window in windows}
+    evaluation = evaluate_rule(rule, stats)
+    step = transition(state, evaluation, reader.at, rule)
+    return Verdict(evaluation, step.new_state, step.emit, stats[max(stats)])
 
 
 @dataclass

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from schemas.policy import Policy, PolicyError, load_policy
+from schemas.policy import AlertRule, Policy, PolicyError, load_policy
 
 
 def register(subparsers: Any) -> None:
@@ -25,9 +25,26 @@ def _rubric_lines(policy: Policy) -> list[str]:
     ]
 
 
+def _cusum_line(rule: AlertRule) -> str:
+    from streams.alerting import cusum_design
+    from streams.windows import DEFAULT_BUCKET_SECONDS
+
+    assert rule.cusum is not None
+    target = f"{rule.signal}({rule.failure_mode})" if rule.failure_mode else rule.signal
+    design = cusum_design(rule, DEFAULT_BUCKET_SECONDS)
+    return (
+        f"  {rule.id}: CUSUM {target} {rule.cusum.in_control:g} -> {rule.threshold:g}, false alarm "
+        f"every {rule.cusum.false_alarm_every} at {rule.cusum.judgments_per_hour:g}/h: alarm level "
+        f"{design.threshold:.2f} (5-minute buckets), {rule.severity}"
+    )
+
+
 def _alert_lines(policy: Policy) -> list[str]:
     lines = []
     for rule in policy.alerts:
+        if rule.kind == "cusum":
+            lines.append(_cusum_line(rule))
+            continue
         windows = ", ".join(f"{w.long}/{w.short}×{w.factor:g}" for w in rule.windows)
         target = f"{rule.signal}({rule.failure_mode})" if rule.failure_mode else rule.signal
         lines.append(

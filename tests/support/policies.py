@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -12,21 +13,25 @@ ROOT = Path(__file__).resolve().parents[2]
 def burn_rate_policy(directory: Path, name: str = "policy.yaml") -> Path:
     """The bundled policy with every event sampled and one filtered-share page rule with windows
     sized for a slice of the bundled day (2 h / 1 h, 20 samples, threshold 0.4, resolve after 30 m)."""
+    rule = {
+        "id": "filtered-share-burn",
+        "signal": "filtered_share",
+        "threshold": 0.4,
+        "windows": [{"long": "2h", "short": "1h"}],
+        "min_samples": 20,
+        "severity": "page",
+        "resolve_for": "30m",
+    }
+    return policy_with_rules(directory, [rule], name)
+
+
+def policy_with_rules(directory: Path, rules: list[dict[str, Any]], name: str = "policy.yaml") -> Path:
+    """The bundled policy with every event sampled and ``rules`` as its alert rules."""
     doc = yaml.safe_load((ROOT / "policies" / "product-search.yaml").read_text(encoding="utf-8"))
     doc["sampling"]["default_rate"] = 1.0
     for category in doc["categories"]:
         category.pop("sample_rate", None)
-    doc["alerts"] = [
-        {
-            "id": "filtered-share-burn",
-            "signal": "filtered_share",
-            "threshold": 0.4,
-            "windows": [{"long": "2h", "short": "1h"}],
-            "min_samples": 20,
-            "severity": "page",
-            "resolve_for": "30m",
-        }
-    ]
+    doc["alerts"] = rules
     path = directory / name
     path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
     return path
