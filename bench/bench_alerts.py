@@ -172,7 +172,7 @@ class Windows:
     def candidates(self, rule: AlertRule) -> BoolArray:
         """Buckets where ``evaluate_rule`` may find a breach (a superset: margin EPS)."""
         z, limit = z_for(rule.confidence), rule.threshold * rule.windows[0].factor - EPS
-        enough = (self.n_long >= rule.min_samples) & (self.n_short >= rule.min_samples)
+        enough = (self.n_long >= rule.required_samples) & (self.n_short >= rule.required_samples)
         lower_long = wilson_lower(self.bad_long, self.n_long, z)
         lower_short = wilson_lower(self.bad_short, self.n_short, z)
         result: BoolArray = enough & (lower_long > limit) & (lower_short > limit)

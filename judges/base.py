@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
+from schemas import verdicts
 from schemas.events import JudgeRequest, requests_from_sample
 from schemas.judgments import MAX_RATIONALE_CHARS, Judgment, judgment_id_for
 from schemas.policy import Policy
@@ -70,28 +71,23 @@ def _common_fields(request: JudgeRequest, policy: Policy, teacher_version: str) 
 def error_judgment(
     request: JudgeRequest, policy: Policy, teacher_version: str, reason: str, latency_ms: float | None = None
 ) -> Judgment:
-    """A judgment recording why the teacher could not grade this pair (never a guessed grade)."""
-    fields = _common_fields(request, policy, teacher_version)
-    return Judgment(
-        **fields,  # type: ignore[arg-type]
-        status="error",
-        error=(reason or "unknown teacher error")[:2000],
-        latency_ms=latency_ms,
-    )
+    """A judgment recording why the teacher could not grade this pair (never a guessed grade);
+    built by ``schemas.verdicts.error_judgment``, as the worker's client builds its own."""
+    return verdicts.error_judgment(request, policy.version, teacher_version, reason, latency_ms, _now())
 
 
 class VerdictError(ValueError):
     """A backend's verdict that does not fit the policy (off-scale grade, unknown failure mode)."""
 
 
-def check_verdict(policy: Policy, grade: int, failure_modes: Sequence[str]) -> tuple[str, ...]:
-    """Validate a verdict against the policy; returns the failure modes, de-duplicated in order."""
-    if grade not in policy.grades:
-        raise VerdictError(f"grade {grade} is not on the policy scale {policy.grades}")
-    known = set(policy.failure_mode_ids())
-    unknown = [mode for mode in failure_modes if mode not in known]
-    if unknown:
-        raise VerdictError(f"unknown failure modes {unknown}; the policy defines {sorted(known)}")
+def check_verdict(
+    policy: Policy, grade: int, failure_modes: Sequence[str], rationale: str = "-"
+) -> tuple[str, ...]:
+    """Validate a verdict against the policy (``schemas.verdicts.verdict_problem``); returns the
+    failure modes, de-duplicated in order."""
+    problem = verdicts.verdict_problem(policy, grade, failure_modes, rationale)
+    if problem is not None:
+        raise VerdictError(problem)
     return tuple(dict.fromkeys(failure_modes))
 
 
@@ -107,9 +103,7 @@ def ok_judgment(
 ) -> Judgment:
     """A graded judgment; raises VerdictError if the verdict is off-policy (callers turn that
     into ``error_judgment``)."""
-    modes = check_verdict(policy, grade, failure_modes)
-    if not rationale.strip():
-        raise VerdictError("empty rationale")
+    modes = check_verdict(policy, grade, failure_modes, rationale)
     limit = min(policy.teacher.rationale_max_chars, MAX_RATIONALE_CHARS)
     fields = _common_fields(request, policy, teacher_version)
     return Judgment(

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
+from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -29,15 +29,14 @@ from judges.base import JudgeRequest, VerdictError, error_judgment, ok_judgment
 from judges.prompt import answer_schema, parse_answer, prompt_fingerprint, render_messages
 from schemas.judgments import Judgment
 from schemas.policy import Policy
+from schemas.retry import Backoff, RetryableError, call_with_retries, is_retryable_status, parse_retry_after
 
 __all__ = ["OpenAITeacher", "TeacherStats", "TeacherStatsSnapshot"]
 
 logger = logging.getLogger(__name__)
 
-_BACKOFF_BASE_S = 0.5
-_BACKOFF_CAP_S = 30.0
-#: A server may ask for a long pause; past this we stop waiting on it and count the attempt.
-_RETRY_AFTER_CAP_S = 120.0
+#: Exponential backoff with equal jitter; a server's Retry-After is honoured up to 120 s.
+BACKOFF = Backoff(base_s=0.5, cap_s=30.0, max_retry_after_s=120.0)
 _BODY_SNIPPET = 200
 _MAX_TEACHER_VERSION = 200
 
@@ -95,32 +94,16 @@ def _as_count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
-class _Retryable(Exception):
-    """One attempt failed in a way worth retrying; ``delay`` is the server's Retry-After if any."""
+class _Retryable(RetryableError):
+    """One attempt failed in a way worth retrying (schemas.retry); ``retry_after_s`` is the
+    server's Retry-After if any."""
 
     def __init__(self, reason: str, delay: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.delay = delay
+        super().__init__(reason, retry_after_s=delay)
 
 
 class _Fatal(Exception):
     """The pair cannot be graded by retrying (4xx, bad answer, malformed response)."""
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date), or None."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        seconds = when.timestamp() - time.time()
-    return min(max(seconds, 0.0), _RETRY_AFTER_CAP_S)
 
 
 def _host_of(base_url: str) -> str:
@@ -243,28 +226,27 @@ class OpenAITeacher:
 
     def _complete_with_retries(self, request: JudgeRequest) -> str:
         body = self._request_body(request)
-        for attempt in range(self.max_retries + 1):
-            try:
-                return self._attempt(body)
-            except _Retryable as failure:
-                if attempt == self.max_retries:
-                    raise _Fatal(f"{failure.reason} after {_retries(self.max_retries)}") from None
-                delay = failure.delay if failure.delay is not None else self._backoff(attempt)
-                logger.info(
-                    "teacher request failed (%s); retry %d/%d in %.2fs",
-                    self._redact(failure.reason),
-                    attempt + 1,
-                    self.max_retries,
-                    delay,
-                )
-                self.stats.add(retries=1)
-                self._sleep(delay)
-        raise AssertionError("unreachable: the loop returns or raises")
+        try:
+            return call_with_retries(
+                partial(self._attempt, body),
+                retries=self.max_retries,
+                backoff=BACKOFF,
+                sleep=self._sleep,
+                on_retry=self._log_retry,
+                rng=self._rng.random,
+            )
+        except RetryableError as failure:
+            raise _Fatal(f"{failure.reason} after {_retries(self.max_retries)}") from None
 
-    def _backoff(self, attempt: int) -> float:
-        # "Equal jitter": at least half the exponential step, so retries spread without collapsing to 0.
-        step = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2.0**attempt)
-        return step / 2 + self._rng.uniform(0.0, step / 2)
+    def _log_retry(self, retry: int, failure: RetryableError, pause: float) -> None:
+        logger.info(
+            "teacher request failed (%s); retry %d/%d in %.2fs",
+            self._redact(failure.reason),
+            retry,
+            self.max_retries,
+            pause,
+        )
+        self.stats.add(retries=1)
 
     def _request_body(self, request: JudgeRequest) -> dict[str, Any]:
         return {
@@ -293,7 +275,7 @@ class OpenAITeacher:
         except httpx.TransportError as error:
             raise _Retryable(f"connection error ({type(error).__name__})") from None
         status = response.status_code
-        if status == 429 or 500 <= status < 600:
+        if is_retryable_status(status):
             raise _Retryable(f"HTTP {status}", parse_retry_after(response.headers.get("retry-after")))
         if status != 200:
             raise _Fatal(f"HTTP {status}: {_snippet(response.text)}")

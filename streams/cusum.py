@@ -124,8 +124,9 @@ def bucket_arl(design: CusumDesign, bad_share: float, per_bucket: float) -> floa
 def _poisson_pmf(mean: float) -> FloatArray:
     """P(k) for k = 0..the 1-1e-12 quantile, renormalised to sum 1."""
     top = int(poisson.ppf(1.0 - 1e-12, mean)) if mean > 0 else 0
-    pmf: FloatArray = poisson.pmf(np.arange(top + 1), mean)
-    return pmf / pmf.sum()
+    pmf: FloatArray = np.asarray(poisson.pmf(np.arange(top + 1), mean), dtype=np.float64)
+    normalised: FloatArray = pmf / pmf.sum()
+    return normalised
 
 
 @functools.lru_cache(maxsize=256)

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -21,6 +22,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from schemas.alerts import Alert
+from schemas.retry import Backoff, RetryableError, call_with_retries, is_retryable_status, parse_retry_after
 
 SIGNATURE_HEADER = "X-Evalloop-Signature"
 DELIVERY_HEADER = "X-Evalloop-Delivery"
@@ -199,9 +201,10 @@ class WebhookTransportError(Exception):
 
 @dataclass(frozen=True)
 class SendResponse:
-    """The HTTP status a webhook answered with."""
+    """The HTTP status a webhook answered with, and its ``Retry-After`` (seconds) if any."""
 
     status: int
+    retry_after_s: float | None = None
 
 
 class WebhookSender(Protocol):
@@ -225,7 +228,7 @@ class HttpxWebhookSender:
         except httpx.HTTPError as error:
             # The message may contain the URL (a secret for Slack): keep only the error type.
             raise WebhookTransportError(type(error).__name__) from None
-        return SendResponse(response.status_code)
+        return SendResponse(response.status_code, parse_retry_after(response.headers.get("retry-after")))
 
 
 @dataclass(frozen=True)
@@ -280,40 +283,53 @@ def render(alert: Alert, target: WebhookTarget, now: float) -> tuple[bytes, dict
     return json.dumps(pagerduty_payload(alert, routing_key)).encode(), headers
 
 
-def _retryable(status: int) -> bool:
-    return status >= 500 or status == 429
-
-
 def _deliver_one(
     alert: Alert, target: WebhookTarget, sender: WebhookSender, policy: RetryPolicy
 ) -> DeliveryResult:
     body, headers = render(alert, target, policy.now())
-    status: int | None = None
-    error: str | None = None
-    for attempt in range(1, policy.max_attempts + 1):
+    tries: list[int | None] = []  # the status of each attempt (None: no HTTP response)
+
+    def attempt() -> int:
         try:
-            status, error = sender.post(target.url, body, headers, target.timeout_s).status, None
+            response = sender.post(target.url, body, headers, target.timeout_s)
         except WebhookTransportError as transport:
-            status, error = None, f"transport: {transport}"
-        if status is not None and 200 <= status < 300:
-            return DeliveryResult(target.name, target.kind, True, status, attempt)
-        if status is not None and not _retryable(status):
-            return DeliveryResult(target.name, target.kind, False, status, attempt, f"HTTP {status}")
-        if attempt < policy.max_attempts:
-            policy.sleep(policy.backoff_s * 2 ** (attempt - 1))
-    return DeliveryResult(
-        target.name, target.kind, False, status, policy.max_attempts, error or f"HTTP {status}"
-    )
+            tries.append(None)
+            raise RetryableError(f"transport: {transport}") from None
+        tries.append(response.status)
+        if 200 <= response.status < 300:
+            return response.status
+        retryable = is_retryable_status(response.status)
+        raise RetryableError(
+            f"HTTP {response.status}", retryable=retryable, retry_after_s=response.retry_after_s
+        )
+
+    try:
+        status = call_with_retries(
+            attempt,
+            retries=policy.max_attempts - 1,
+            backoff=policy.backoff,
+            sleep=policy.sleep,
+            rng=policy.rng,
+        )
+    except RetryableError as failure:
+        return DeliveryResult(target.name, target.kind, False, tries[-1], len(tries), failure.reason)
+    return DeliveryResult(target.name, target.kind, True, status, len(tries))
+
+
+#: A webhook gets 0.5, 1, 2 s (half fixed, half random) or what its Retry-After asks, up to 30 s.
+WEBHOOK_BACKOFF = Backoff(base_s=0.5, cap_s=8.0, max_retry_after_s=30.0)
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retries on 5xx, 429 and transport errors with exponential backoff (injectable clock)."""
+    """Retries on 408, 429, 5xx and transport errors (``schemas.retry``): exponential backoff
+    with equal jitter, at least the target's Retry-After; clock and randomness injectable."""
 
     max_attempts: int = 4
-    backoff_s: float = 0.5
+    backoff: Backoff = WEBHOOK_BACKOFF
     sleep: Callable[[float], None] = time.sleep
     now: Callable[[], float] = time.time
+    rng: Callable[[], float] = random.random
 
 
 def deliver(

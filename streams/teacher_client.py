@@ -19,25 +19,31 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
+from functools import partial
 from typing import Any, Literal, Protocol
 
 import httpx
 from pydantic import ValidationError
 
-from schemas.judgments import Judgment, judgment_id_for
+from schemas.judgments import Judgment
 from schemas.policy import Policy, identity_mismatch
+from schemas.retry import (
+    Backoff,
+    RetryableError,
+    acall_with_retries,
+    is_retryable_status,
+    parse_retry_after,
+)
+from schemas.verdicts import error_judgment, judgment_problem
 from streams.pipeline import TeacherRequest
 
 log = logging.getLogger(__name__)
 
 UNAVAILABLE_TEACHER_VERSION = "unavailable"
-#: Serve answers 503 when replicas are saturated and 5xx for replica crashes: worth a retry.
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 BreakerState = Literal["closed", "open", "half_open"]
 
@@ -48,16 +54,13 @@ class TeacherClient(Protocol):
     async def judge(self, requests: Sequence[TeacherRequest]) -> list[Judgment]: ...
 
 
-class TeacherCallError(Exception):
-    """One failed call; ``retryable`` says whether trying again could help."""
+class TeacherCallError(RetryableError):
+    """One failed call; ``retryable`` says whether trying again could help (schemas.retry)."""
 
     def __init__(
         self, message: str, *, retryable: bool, teacher_fault: bool = True, retry_after_s: float | None = None
     ) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-        #: The server's Retry-After (429/503), honoured as the minimum pause before the next try.
-        self.retry_after_s = retry_after_s
+        super().__init__(message, retryable=retryable, retry_after_s=retry_after_s)
         #: False for our own bad requests (HTTP 4xx): those say nothing about the teacher's health.
         self.teacher_fault = teacher_fault
 
@@ -69,22 +72,10 @@ def error_judgment_for(
     teacher_version: str = UNAVAILABLE_TEACHER_VERSION,
     now: datetime | None = None,
 ) -> Judgment:
-    """A schema-valid error judgment for a pair the teacher could not grade (never a guessed grade)."""
-    return Judgment(
-        judgment_id=judgment_id_for(request.event_id, request.item.item_id, policy_version, teacher_version),
-        event_id=request.event_id,
-        item_id=request.item.item_id,
-        category=request.category,
-        event_time=request.event_time,
-        query=request.query[:2000],
-        item_title=request.item.title,
-        item_rank=request.item.rank,
-        status="error",
-        error=(reason or "teacher unavailable")[:2000],
-        policy_version=policy_version,
-        teacher_version=teacher_version,
-        inclusion_probability=request.inclusion_probability,
-        judged_at=now or datetime.now(UTC),
+    """A schema-valid error judgment for a pair the teacher could not grade (never a guessed
+    grade): ``schemas.verdicts.error_judgment``, the teachers' own builder."""
+    return error_judgment(
+        request, policy_version, teacher_version, reason or "teacher unavailable", None, now
     )
 
 
@@ -185,8 +176,7 @@ class ServeTeacherClient:
         self.policy = policy
         self.timeout_s = timeout_s
         self.retries = retries
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
+        self.backoff = Backoff(base_s=backoff_s, cap_s=max_backoff_s)
         self.max_batch = max_batch
         self.breaker = breaker or CircuitBreaker()
         self.counters = ClientCounters()
@@ -225,41 +215,38 @@ class ServeTeacherClient:
         return error_judgment_for(request, self.policy_version, f"off-policy teacher verdict: {reason}")
 
     async def _call_with_retries(self, batch: Sequence[TeacherRequest]) -> list[Judgment]:
-        attempt = 0
-        while True:
-            if not self.breaker.allow():
-                self.counters.rejected_by_breaker += 1
-                raise TeacherCallError("circuit open", retryable=False)
-            try:
-                async with self._semaphore:
-                    self.counters.calls += 1
-                    judgments = await asyncio.wait_for(self._post(batch), self.timeout_s)
-            except (TeacherCallError, TimeoutError) as error:
-                failure = (
-                    error
-                    if isinstance(error, TeacherCallError)
-                    else TeacherCallError("timeout", retryable=True)
-                )
-                self.counters.failed_calls += 1
-                if failure.teacher_fault:
-                    self.breaker.record_failure()
-                else:
-                    self.breaker.record_success()
-                if not failure.retryable or attempt >= self.retries:
-                    raise failure from None
-                attempt += 1
-                self.counters.retries += 1
-                await self._sleep(
-                    max(self._backoff(attempt), min(failure.retry_after_s or 0.0, MAX_RETRY_AFTER_S))
-                )
-                continue
+        return await acall_with_retries(
+            partial(self._attempt, batch),
+            retries=self.retries,
+            backoff=self.backoff,
+            sleep=self._sleep,
+            on_retry=self._count_retry,
+        )
+
+    def _count_retry(self, _retry: int, _failure: RetryableError, _pause: float) -> None:
+        self.counters.retries += 1
+
+    async def _attempt(self, batch: Sequence[TeacherRequest]) -> list[Judgment]:
+        if not self.breaker.allow():
+            self.counters.rejected_by_breaker += 1
+            raise TeacherCallError("circuit open", retryable=False)
+        try:
+            async with self._semaphore:
+                self.counters.calls += 1
+                judgments = await asyncio.wait_for(self._post(batch), self.timeout_s)
+        except TimeoutError:
+            failure = TeacherCallError("timeout", retryable=True)
+        except TeacherCallError as error:
+            failure = error
+        else:
             self.breaker.record_success()
             return judgments
-
-    def _backoff(self, attempt: int) -> float:
-        # Full jitter keeps many agents from retrying in lockstep after a shared outage.
-        ceiling = min(self.max_backoff_s, self.backoff_s * (2 ** (attempt - 1)))
-        return float(ceiling * (0.5 + random.random() / 2))
+        self.counters.failed_calls += 1
+        if failure.teacher_fault:
+            self.breaker.record_failure()
+        else:
+            self.breaker.record_success()
+        raise failure
 
     async def _post(self, batch: Sequence[TeacherRequest]) -> list[Judgment]:
         body = {"requests": [r.model_dump(mode="json") for r in batch]}
@@ -269,7 +256,7 @@ class ServeTeacherClient:
             raise TeacherCallError(f"{type(error).__name__}: {error}", retryable=True) from None
         if response.status_code != 200:
             status = response.status_code
-            retryable = status in RETRYABLE_STATUS
+            retryable = is_retryable_status(status)
             raise TeacherCallError(
                 f"HTTP {status}: {response.text[:200]}",
                 retryable=retryable,
@@ -277,19 +264,6 @@ class ServeTeacherClient:
                 retry_after_s=parse_retry_after(response.headers.get("retry-after")),
             )
         return parse_response(response.content, batch)
-
-
-#: A server asking for a longer pause than this is treated as down (the breaker takes over).
-MAX_RETRY_AFTER_S = 60.0
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After in seconds (the delta-seconds form; an HTTP date is ignored), or None."""
-    try:
-        seconds = float(value) if value is not None else None
-    except ValueError:
-        return None
-    return seconds if seconds is not None and 0 <= seconds < float("inf") else None
 
 
 def parse_response(content: bytes, batch: Sequence[TeacherRequest]) -> list[Judgment]:
@@ -310,20 +284,9 @@ def parse_response(content: bytes, batch: Sequence[TeacherRequest]) -> list[Judg
 
 
 def off_policy_reason(policy: Policy, judgment: Judgment) -> str | None:
-    """Why an ok judgment does not fit ``policy`` (grade off the scale, display not the grade's,
-    unknown failure mode, empty rationale), or None when it fits; error judgments always fit."""
-    if judgment.status != "ok" or judgment.grade is None:
-        return None
-    if judgment.grade not in policy.grades:
-        return f"grade {judgment.grade} is not on the policy scale {policy.grades}"
-    if judgment.display != policy.display_for(judgment.grade):
-        return f"display {judgment.display!r} is not the policy's for grade {judgment.grade}"
-    unknown = sorted(set(judgment.failure_modes) - set(policy.failure_mode_ids()))
-    if unknown:
-        return f"unknown failure modes {unknown}"
-    if not judgment.rationale.strip():
-        return "empty rationale"
-    return None
+    """Why an ok judgment does not fit ``policy`` (``schemas.verdicts.judgment_problem``: the
+    check the teachers run on their own verdicts), or None; error judgments always fit."""
+    return judgment_problem(policy, judgment)
 
 
 def serve_url(host: str, port: int, route_prefix: str = "/teacher") -> str:

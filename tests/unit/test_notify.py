@@ -242,7 +242,9 @@ def test_retries(
 ) -> None:
     slept: list[float] = []
     sender = RecordingWebhookSender(script=list(script))
-    [result] = deliver(alert(), targets()[:1], sender, RetryPolicy(sleep=slept.append, now=lambda: 0.0))
+    # rng 1.0: the top of the jitter range, so the pauses are the full exponential steps.
+    policy = RetryPolicy(sleep=slept.append, now=lambda: 0.0, rng=lambda: 1.0)
+    [result] = deliver(alert(), targets()[:1], sender, policy)
     assert (result.ok, result.status, result.attempts) == (ok, status, attempts)
     assert slept == sleeps
     assert result.error is None if ok else result.error

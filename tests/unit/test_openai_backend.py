@@ -16,7 +16,6 @@ import sys
 import types
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import pytest
 from pydantic import SecretStr
 
 from judges.base import JudgeRequest, Teacher
-from judges.openai_backend import OpenAITeacher, parse_retry_after
+from judges.openai_backend import OpenAITeacher
 from judges.prompt import answer_schema, rubric_prefix
 from schemas.events import Item
 from schemas.policy import load_policy
@@ -239,17 +238,6 @@ def test_connection_refused_is_retried_then_an_error_judgment() -> None:
     [judgment] = teacher.judge([make_request()])
     assert judgment.error == "connection error (ConnectError) after 2 retries"
     assert len(sleeps.delays) == 2
-
-
-def test_retry_after_parsing() -> None:
-    assert parse_retry_after("3") == 3.0
-    assert parse_retry_after("0.5") == 0.5
-    assert parse_retry_after("-4") == 0.0
-    assert parse_retry_after("100000") == 120.0
-    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
-    later = datetime.fromtimestamp(datetime.now(UTC).timestamp() + 30, UTC)
-    from_date = parse_retry_after(format_datetime(later, usegmt=True))
-    assert from_date is not None and 25.0 <= from_date <= 30.0
 
 
 # --------------------------------------------------------------------------- bad answers

@@ -310,23 +310,6 @@ async def test_client_honours_retry_after(policy: Policy) -> None:
     assert len(pauses) == 1 and pauses[0] >= 2.0
 
 
-@pytest.mark.parametrize(
-    ("header", "seconds"),
-    [
-        ("2", 2.0),
-        ("0.5", 0.5),
-        (None, None),
-        ("Wed, 21 Oct 2015 07:28:00 GMT", None),
-        ("-1", None),
-        ("inf", None),
-    ],
-)
-def test_parse_retry_after(header: str | None, seconds: float | None) -> None:
-    from streams.teacher_client import parse_retry_after
-
-    assert parse_retry_after(header) == seconds
-
-
 def test_far_future_event_is_dead_lettered_and_does_not_poison_the_watermark() -> None:
     from datetime import UTC, datetime
 
