@@ -331,7 +331,7 @@ def dead_letter_reasons(settings: Settings) -> dict[str, int]:
     """How many dead letters the run's topic holds, by reason."""
     from collections import Counter
 
-    from streams.rebuild import read_topic
+    from streams.kafka_reader import read_topic
 
     raws = read_topic(settings, settings.topics.dead_letters.name, idle_timeout_s=3.0)
     return dict(Counter(json.loads(raw)["reason"] for raw in raws))

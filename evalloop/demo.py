@@ -89,25 +89,19 @@ class AlertFeed:
         return thread
 
     def _consume(self) -> None:
-        from confluent_kafka import Consumer
+        from schemas.codecs import ALERTS, Undecodable
+        from streams import kafka_reader
 
-        from streams.services import kafka_client_config
-
-        consumer = Consumer(
-            {
-                **kafka_client_config(self.settings),
-                "group.id": f"{self.settings.redis.key_prefix}-feed",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-            }
-        )
+        consumer = kafka_reader.consumer(self.settings, f"{self.settings.redis.key_prefix}-feed")
         consumer.subscribe([self.settings.topics.alerts.name])
         try:
             while not self.stop.is_set():
                 message = consumer.poll(0.5)
                 value = message.value() if message is not None and not message.error() else None
-                if value:
-                    alert = Alert.model_validate_json(value)
+                alert = ALERTS.decode(value) if value else None
+                if isinstance(alert, Undecodable):
+                    print(f"alerts topic: skipped a record ({alert.detail})", flush=True)
+                elif alert is not None:
                     self.alerts.append(alert)
                     print(describe_alert(alert), flush=True)
         finally:

@@ -128,7 +128,7 @@ def run_chaos(
 
 def check_run(run: LoopRun, lines: list[bytes], reader: TopicReader) -> dict[str, Any]:
     """Judgments, windows and alerts of the drained run against what they should be."""
-    from streams.rebuild import read_topic
+    from streams.kafka_reader import read_topic
 
     policy = load_policy(run.settings.policy_file)
     expected = harness.expected_pairs(lines, policy)

@@ -33,7 +33,6 @@ from typing import Any
 
 import redis
 import yaml
-from pydantic import ValidationError
 
 from judges.base import Teacher
 from reliability.live import EVENTS as EVENTS
@@ -48,6 +47,7 @@ from reliability.live import (
 )
 from reliability.live_io import TopicReader
 from schemas.alerts import Alert
+from schemas.codecs import ALERTS, JUDGMENTS
 from schemas.judgments import Judgment
 from schemas.policy import Policy
 from schemas.settings import Settings
@@ -234,11 +234,7 @@ def start_replay(path: Path, settings: Settings, speed: float | None) -> ReplayJ
 
 def parse_judgments(raws: Sequence[bytes]) -> list[Judgment]:
     """Every judgment on the topic (duplicates kept; unparsable records skipped)."""
-    out: list[Judgment] = []
-    for raw in raws:
-        with contextlib.suppress(ValidationError):
-            out.append(Judgment.model_validate_json(raw))
-    return out
+    return JUDGMENTS.decode_all(list(raws))[0]
 
 
 def distinct(judgments: Sequence[Judgment]) -> list[Judgment]:
@@ -250,8 +246,11 @@ def distinct(judgments: Sequence[Judgment]) -> list[Judgment]:
 
 
 def parse_alerts(raws: Sequence[bytes]) -> list[Alert]:
-    """The alerts on the alerts topic, in topic order."""
-    return [Alert.model_validate_json(raw) for raw in raws]
+    """The alerts on the alerts topic, in topic order (a record that is not an alert fails the check)."""
+    alerts, bad = ALERTS.decode_all(list(raws))
+    if bad:
+        raise ValueError(f"{bad} record(s) on the alerts topic are not alerts")
+    return alerts
 
 
 # --------------------------------------------------------------------------- checks

@@ -95,7 +95,7 @@ def _drain(loop: Loop, lines: list[bytes], timeout_s: float) -> bool:
 
 
 def _check(loop: Loop, lines: list[bytes]) -> dict[str, Any]:
-    from streams.rebuild import read_topic
+    from streams.kafka_reader import read_topic
 
     expected = harness.expected_pairs(lines, loop.policy)
     judgments = harness.parse_judgments(loop.reader.poll(1.0))

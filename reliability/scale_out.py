@@ -65,7 +65,7 @@ def _chaos(config: ScaleConfig, workers: list[Worker]) -> list[str]:
 
 def check(run: LoopRun, lines: list[bytes], reader: TopicReader, events_file: Path) -> dict[str, Any]:
     """Judgments, windows (against the backtest) and alerts of the drained run."""
-    from streams.rebuild import read_topic
+    from streams.kafka_reader import read_topic
 
     policy = load_policy(run.settings.policy_file)
     expected = harness.expected_pairs(lines, policy)

@@ -9,15 +9,13 @@ commit; otherwise a committed consumer group (``evalloop-export``) makes exports
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from pydantic import ValidationError
-
+from schemas.codecs import JUDGMENTS, Undecodable
 from schemas.judgments import Judgment
 from schemas.settings import Settings
+from streams import kafka_reader
 
 EXPORT_GROUP = "evalloop-export"
 
@@ -40,63 +38,6 @@ def training_row(judgment: Judgment) -> dict[str, Any]:
     return row
 
 
-def _consumer(settings: Settings, from_beginning: bool, group: str) -> Any:
-    from confluent_kafka import Consumer
-
-    from streams.services import kafka_client_config
-
-    config: dict[str, Any] = kafka_client_config(settings)
-    config.update(
-        {
-            "group.id": group,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": False,
-        }
-    )
-    return Consumer(config)
-
-
-def _assign(consumer: Any, topic: str, from_beginning: bool) -> dict[int, int]:
-    """Assign every partition; returns partition → end offset to stop at."""
-    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-
-    metadata = consumer.list_topics(topic, timeout=10)
-    partitions = sorted(metadata.topics[topic].partitions)
-    ends: dict[int, int] = {}
-    assignment = []
-    committed = (
-        {}
-        if from_beginning
-        else {
-            tp.partition: tp.offset
-            for tp in consumer.committed([TopicPartition(topic, p) for p in partitions], 10)
-        }
-    )
-    for partition in partitions:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-        start = OFFSET_BEGINNING if from_beginning else max(committed.get(partition, -1), low)
-        if high > (low if start == OFFSET_BEGINNING or start < 0 else start):
-            ends[partition] = high
-        assignment.append(TopicPartition(topic, partition, start if start >= 0 else OFFSET_BEGINNING))
-    consumer.assign(assignment)
-    return ends
-
-
-def _messages(consumer: Any, ends: dict[int, int], idle_timeout_s: float) -> Iterator[Any]:
-    remaining = dict(ends)
-    last = time.monotonic()
-    while remaining and time.monotonic() - last < idle_timeout_s:
-        message = consumer.poll(0.5)
-        if message is None or message.error():
-            continue
-        last = time.monotonic()
-        partition = message.partition()
-        if partition in remaining and message.offset() >= remaining[partition] - 1:
-            del remaining[partition]
-        yield message
-
-
 def export_judgments(
     settings: Settings,
     out: IO[str],
@@ -108,11 +49,11 @@ def export_judgments(
 ) -> ExportCounts:
     """Write the judgments topic (up to its current end) to ``out`` as JSONL."""
     counts = ExportCounts()
-    consumer = _consumer(settings, from_beginning, group)
+    consumer = kafka_reader.consumer(settings, group, **{"enable.partition.eof": False})
     seen: set[str] = set()
     try:
-        ends = _assign(consumer, settings.topics.judgments.name, from_beginning)
-        for message in _messages(consumer, ends, idle_timeout_s):
+        ends = kafka_reader.assign_to_end(consumer, settings.topics.judgments.name, from_beginning)
+        for message in kafka_reader.messages_to_end(consumer, ends, idle_timeout_s):
             counts.read += 1
             _write(message.value(), out, counts, seen, include_errors)
         if not from_beginning and counts.read:
@@ -123,9 +64,8 @@ def export_judgments(
 
 
 def _write(raw: bytes, out: IO[str], counts: ExportCounts, seen: set[str], include_errors: bool) -> None:
-    try:
-        judgment = Judgment.model_validate_json(raw)
-    except ValidationError:
+    judgment = JUDGMENTS.decode(raw)
+    if isinstance(judgment, Undecodable):
         counts.invalid += 1
         return
     if judgment.judgment_id in seen:

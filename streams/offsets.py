@@ -19,6 +19,7 @@ from typing import Any
 
 from schemas.deadletter import SourcePosition
 from schemas.settings import Settings
+from streams import kafka_reader
 from streams.deadletter import dead_letter
 from streams.services import kafka_client_config
 
@@ -60,19 +61,11 @@ def resolve_topic(settings: Settings, name: str) -> str:
     return name
 
 
-def _consumer(settings: Settings, group: str) -> Any:
-    from confluent_kafka import Consumer
-
-    config = kafka_client_config(settings)
-    config.update({"group.id": group, "enable.auto.commit": False, "auto.offset.reset": "earliest"})
-    return Consumer(config)
-
-
 def group_lag(settings: Settings, group: str, topics: list[str]) -> list[PartitionLag]:
     """Committed offset, log start/end and lag of every partition of ``topics`` for ``group``."""
     from confluent_kafka import TopicPartition
 
-    consumer = _consumer(settings, group)
+    consumer = kafka_reader.consumer(settings, group)
     try:
         rows: list[PartitionLag] = []
         for topic in topics:
@@ -108,7 +101,7 @@ def skip(settings: Settings, group: str, topic: str, partition: int, to: int, ti
     committed offset), then commit ``to``. Returns how many records were dead-lettered."""
     from confluent_kafka import Producer, TopicPartition
 
-    consumer = _consumer(settings, group)
+    consumer = kafka_reader.consumer(settings, group)
     try:
         (committed,) = consumer.committed([TopicPartition(topic, partition)], timeout=10)
         low, _high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
@@ -142,7 +135,7 @@ def reset(
     if not rows:
         raise ValueError(f"no partition {partitions} on topic {topic!r}")
     targets = [TopicPartition(topic, r.partition, _target(r, to)) for r in rows]
-    consumer = _consumer(settings, group)
+    consumer = kafka_reader.consumer(settings, group)
     try:
         consumer.commit(offsets=targets, asynchronous=False)
     finally:

@@ -460,11 +460,6 @@ def utc_from_epoch(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
-def alert_bytes(alert: Alert) -> bytes:
-    """The alert's wire form (UTF-8 JSON)."""
-    return alert.model_dump_json().encode("utf-8")
-
-
 def policy_retention_s(policy: Policy) -> float:
     """Longest window any rule reads: older judgments can no longer change an alert."""
     longest = [w.long_seconds for rule in policy.alerts for w in rule.windows]

@@ -31,9 +31,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NamedTuple
 
-from pydantic import ValidationError
-
 from schemas.alerts import Alert
+from schemas.codecs import ALERTS, JUDGMENTS, Undecodable
 from schemas.judgments import Judgment
 from schemas.policy import Policy
 from schemas.settings import Settings
@@ -41,6 +40,7 @@ from streams import pipeline
 from streams.alerting import AlertState, alert_id_for, incident_id_for
 from streams.engine import AlertEngine, CachedStates, EngineWindows
 from streams.evaluation import every_point
+from streams.kafka_reader import read_topic
 
 #: Judgments per ``WindowStore.apply`` call (the store chunks further into Lua calls of 500).
 APPLY_BATCH = 2000
@@ -75,61 +75,13 @@ class RebuildCounts:
 # --------------------------------------------------------------------------- reading Kafka
 
 
-def read_topic(settings: Settings, topic: str, idle_timeout_s: float = 10.0) -> list[bytes]:
-    """Every record value of ``topic`` from offset 0 up to the end offsets captured at start.
-
-    Assigns all partitions (no consumer group membership, nothing committed). Stops early when
-    nothing arrives for ``idle_timeout_s`` (a partition truncated under us, say).
-    """
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-    from streams.services import kafka_client_config
-
-    config: dict[str, Any] = kafka_client_config(settings)
-    config.update(
-        {"group.id": "evalloop-rebuild", "enable.auto.commit": False, "auto.offset.reset": "earliest"}
-    )
-    consumer = Consumer(config)
-    try:
-        partitions = sorted(consumer.list_topics(topic, timeout=30).topics[topic].partitions)
-        ends: dict[int, int] = {}
-        for partition in partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
-            if high > low:
-                ends[partition] = high
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        return _read_until(consumer, ends, idle_timeout_s)
-    finally:
-        consumer.close()
-
-
-def _read_until(consumer: Any, ends: dict[int, int], idle_timeout_s: float) -> list[bytes]:
-    values: list[bytes] = []
-    remaining = dict(ends)
-    last = time.monotonic()
-    while remaining and time.monotonic() - last < idle_timeout_s:
-        for message in consumer.consume(1000, timeout=0.5):
-            if message.error() is not None:
-                continue
-            last = time.monotonic()
-            partition, offset = message.partition(), message.offset()
-            if partition not in remaining or offset >= remaining[partition]:
-                continue  # written after we started: the live worker handles it
-            if message.value() is not None:
-                values.append(message.value())
-            if offset >= remaining[partition] - 1:
-                del remaining[partition]
-    return values
-
-
 def distinct_judgments(raws: Iterable[bytes], counts: RebuildCounts) -> list[Judgment]:
     """Parse and de-duplicate by judgment id (first occurrence wins; redeliveries are identical)."""
     seen: dict[str, Judgment] = {}
     for raw in raws:
         counts.judgments_read += 1
-        try:
-            judgment = Judgment.model_validate_json(raw)
-        except ValidationError:
+        judgment = JUDGMENTS.decode(raw)
+        if isinstance(judgment, Undecodable):
             counts.invalid += 1
             continue
         if judgment.judgment_id in seen:
@@ -143,11 +95,7 @@ def distinct_judgments(raws: Iterable[bytes], counts: RebuildCounts) -> list[Jud
 def last_alerts(raws: Iterable[bytes]) -> dict[tuple[str, str], Alert]:
     """The last alert published per (rule, category): what on-call was last told."""
     last: dict[tuple[str, str], Alert] = {}
-    for raw in raws:
-        try:
-            alert = Alert.model_validate_json(raw)
-        except ValidationError:
-            continue
+    for alert in ALERTS.decode_all(list(raws))[0]:
         last[(alert.rule, alert.category)] = alert
     return last
 

@@ -12,11 +12,10 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol, TypeVar
-
-from pydantic import ValidationError
+from typing import NamedTuple, Protocol
 
 from schemas.alerts import Alert
+from schemas.codecs import ALERTS, JUDGMENTS, SAMPLES, Undecodable
 from schemas.deadletter import DeadLetter, Reason, SourcePosition
 from schemas.events import Sample
 from schemas.judgments import Judgment
@@ -202,29 +201,15 @@ def _ingest(c: Components, raw: bytes | None, source: SourcePosition | None, out
     # event-time order (the aggregate stage's watermark relies on it).
     same_layout = c.settings.topics.samples.partitions == c.settings.topics.events.partitions
     partition = source.partition if source is not None and same_layout else None
-    out.add("samples", OutRecord(key, chosen.sample.model_dump_json().encode(), partition))
+    out.add("samples", OutRecord(key, SAMPLES.encode(chosen.sample), partition))
     return "sampled"
-
-
-M = TypeVar("M", Sample, Judgment)
-
-
-def _parse_record(raw: bytes | None, model: type[M], topic: str) -> M | tuple[Reason, str]:
-    """The record as ``model``, or why not: (``tombstone`` | ``empty`` | ``schema``, detail)."""
-    if raw is None or not raw.strip():
-        reason: Reason = "tombstone" if raw is None else "empty"
-        return reason, f"{reason} value on the {topic} topic"
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as error:
-        return "schema", f"bad {model.__name__.lower()}: {str(error)[:500]}"
 
 
 def _parse_sample(
     raw: bytes | None, source: SourcePosition | None, c: Components, out: Publication
 ) -> Sample | None:
-    parsed = _parse_record(raw, Sample, "samples")
-    if isinstance(parsed, Sample):
+    parsed = SAMPLES.decode(raw)
+    if not isinstance(parsed, Undecodable):
         return parsed
     c.metrics.add("samples_invalid")
     reason, detail = parsed
@@ -262,7 +247,7 @@ async def handle_samples(c: Components, batch: Sequence[Incoming]) -> list[Judgm
         c.metrics.add("judged_ok" if judgment.status == "ok" else "judged_error", category=judgment.category)
         out.add(
             "judgments",
-            OutRecord(judgment.category.encode(), judgment.model_dump_json().encode(), None, header),
+            OutRecord(judgment.category.encode(), JUDGMENTS.encode(judgment), None, header),
         )
     await out.send(c)
     return judgments
@@ -292,8 +277,8 @@ def _parse_judgments(
 ) -> ParsedJudgments:
     parsed = ParsedJudgments([], [], [], {})
     for raw, partition, source in zip(raws, partitions, sources, strict=True):
-        judgment = _parse_record(raw, Judgment, "judgments")
-        if not isinstance(judgment, Judgment):
+        judgment = JUDGMENTS.decode(raw)
+        if isinstance(judgment, Undecodable):
             parsed.bad.append(BadRecord(raw, *judgment, source))
             continue
         assert raw is not None
@@ -384,7 +369,7 @@ async def evaluate_until(c: Components, target: float, touched: frozenset[str]) 
         for alert in alerts:
             c.metrics.add("alerts_emitted", category=alert.category, state=alert.state)
             log.warning("alert %s %s %s", alert.state, alert.rule, alert.category)
-        await c.publish("alerts", [(a.dedup_key.encode(), pipeline.alert_bytes(a)) for a in alerts])
+        await c.publish("alerts", [(a.dedup_key.encode(), ALERTS.encode(a)) for a in alerts])
         await _notify(c, alerts)
     return alerts
 

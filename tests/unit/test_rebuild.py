@@ -21,9 +21,9 @@ from schemas.policy import Policy, load_policy
 from streams import pipeline
 from streams.alerting import AlertState, alert_id_for
 from streams.evaluation import every_point
+from streams.kafka_reader import messages_to_end
 from streams.rebuild import (
     RebuildCounts,
-    _read_until,
     compare_with_alerts,
     distinct_judgments,
     first_seen,
@@ -178,13 +178,13 @@ def test_read_until_stops_at_the_end_offsets_captured_at_start() -> None:
             [_Message(1, 2, b"never read")],
         ]
     )
-    values = _read_until(consumer, {0: 2, 1: 2}, idle_timeout_s=5.0)
+    values = [m.value() for m in messages_to_end(consumer, {0: 2, 1: 2}, idle_timeout_s=5.0)]
     assert values == [b"a", b"b", b"c", b"d"]
     assert consumer.batches == [[_Message(1, 2, b"never read")]]
 
 
 def test_read_until_gives_up_when_idle() -> None:
-    assert _read_until(_Consumer([]), {0: 5}, idle_timeout_s=0.6) == []
+    assert list(messages_to_end(_Consumer([]), {0: 5}, idle_timeout_s=0.6)) == []
 
 
 def test_policy_file_is_written(tmp_path: Path) -> None:
