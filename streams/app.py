@@ -113,7 +113,9 @@ def create_app(components: Components, *, faust_app: Any = None) -> EvalloopApp:
         components.outputs = FaustOutputs({spec.name: topics[name] for name, spec in specs.items()})
     if faust_app is None:
         components.owned_partitions = assigned_partitions(app, settings.topics.judgments.name)
-        components.event_watermark.caught_up = caught_up_on(app, settings.topics.events.name, components)
+        components.state.event_watermark.caught_up = caught_up_on(
+            app, settings.topics.events.name, components
+        )
     loop = EvalloopApp(app=app, topics=topics, components=components)
     _add_agents(loop)
     _add_timer(loop)
@@ -222,7 +224,7 @@ def caught_up_on(app: Any, topic: str, c: Components) -> Callable[[int], bool]:
             return False
         if high is None:
             return False  # not fetched yet: unknown, so behind
-        last = c.event_offsets.get(partition)
+        last = c.state.event_offsets.get(partition)
         return int(high) == 0 if last is None else last + 1 >= int(high)
 
     return caught_up

@@ -24,7 +24,7 @@ from schemas.settings import Settings
 from streams import pipeline
 from streams.config import StreamSettings
 from streams.deadletter import dead_letter
-from streams.engine import AlertEngine, EngineWindows
+from streams.engine import EngineWindows
 from streams.evaluation import (
     LoopStateLike,
     MemoryLoopState,
@@ -34,7 +34,7 @@ from streams.evaluation import (
 )
 from streams.metrics import LoopMetrics
 from streams.notify import RetryPolicy, WebhookSender, WebhookTarget, deliver
-from streams.sampling import Sampler
+from streams.stage_state import StageState
 from streams.teacher_client import CircuitBreaker, TeacherClient
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,8 @@ class Outputs(Protocol):
 
 @dataclass
 class Components:
-    """Everything the agents use, injected so unit tests can swap in fakes."""
+    """The wiring the agents use (settings, policy, teacher, stores, outputs, clocks), injected so
+    unit tests can swap in fakes; ``state`` holds what the stages remember between batches."""
 
     settings: Settings
     stream: StreamSettings
@@ -81,38 +82,15 @@ class Components:
     metrics: LoopMetrics = field(default_factory=LoopMetrics)
     #: The judgments partitions this worker is assigned (None: all, e.g. without Kafka).
     owned_partitions: Callable[[], frozenset[int] | None] = lambda: None
-    #: Wall clock (monotonic seconds) for the idleness rules; injected by tests.
+    #: Monotonic seconds for the idleness rules; injected by tests.
     clock: Callable[[], float] = time.monotonic
 
+    #: Wall clock (epoch seconds) for the sampler's budget and the "too far ahead" check.
+    wall_clock: Callable[[], float] = time.time
+
     def __post_init__(self) -> None:
-        self.sampler = Sampler(self.policy)
-        self.retention_s = self.stream.retention_s or pipeline.policy_retention_s(self.policy)
-        lateness, idle = self.stream.allowed_lateness_s, self.stream.partition_idle_s
-        topics = self.settings.topics
-        self.event_watermark = pipeline.PartitionedWatermark(lateness, topics.events.partitions, idle)
-        #: Last offset stage 1 handled per events partition (whether a silent partition caught up).
-        self.event_offsets: dict[int, int] = {}
-        # Judgments arrive on category-keyed partitions that mix every sample partition, and the
-        # judge stage drains sample partitions at different speeds (hours of event time apart at
-        # max replay speed). Each sample partition is in event-time order, so the watermark is
-        # tracked per *source* sample partition (a header on each judgment) and is the minimum.
-        self.judgment_watermark = pipeline.PartitionedWatermark(lateness, topics.samples.partitions, idle)
-        # A judgment is only dropped once its buckets may have expired: a judgment that arrives
-        # after its boundary was evaluated still counts in the windows (and is counted as such).
-        self.judgment_retention_s = float(self.stream.window_ttl_s)
-        self.examples = pipeline.RecentExamples()
-        #: The rules at each boundary, over the windows and alert states (held in memory).
-        self.engine = AlertEngine(self.policy, self.windows, self.alert_states, self.examples)
-        #: Per category, the earliest judgment event time this worker applied (where to start).
-        self.first_seen: dict[str, float] = {}
-        #: Wall time of the last judgment batch (or start): the idle close-out counts from it.
-        self.last_input_wall = self.clock()
-        #: Serialises evaluation between the aggregate agent and the idle timer.
-        self.evaluation_lock = asyncio.Lock()
-        #: The judgments partitions owned at the last evaluation (a change drops cached windows).
-        self.last_owned: frozenset[int] | None = None
-        #: (target, owned partitions) of the last idle close-out; None once new judgments arrive.
-        self.closed_out: tuple[float, frozenset[int] | None] | None = None
+        #: What the stages remember between batches (streams.stage_state).
+        self.state = StageState.for_wiring(self)
 
     @property
     def topic_names(self) -> dict[str, str]:
@@ -172,12 +150,13 @@ async def handle_events(c: Components, batch: Sequence[Incoming]) -> list[str]:
 def _ingest(c: Components, raw: bytes | None, source: SourcePosition | None, out: Publication) -> str:
     c.metrics.add("events_seen")
     if source is not None and source.partition is not None and source.offset is not None:
-        c.event_offsets[source.partition] = source.offset
+        c.state.event_offsets[source.partition] = source.offset
     outcome = pipeline.validate(
         raw,
         source,
-        watermark=c.event_watermark,
-        retention_s=c.retention_s,
+        watermark=c.state.event_watermark,
+        retention_s=c.state.retention_s,
+        now=pipeline.utc_from_epoch(c.wall_clock()),
         max_future_s=c.stream.max_future_s,
         unknown_fields=c.stream.unknown_fields,
     )
@@ -188,9 +167,9 @@ def _ingest(c: Components, raw: bytes | None, source: SourcePosition | None, out
     for name in outcome.unknown_fields:
         c.metrics.add("unknown_fields", field=name)
     if c.breaker is not None:
-        c.sampler.shed_while(c.breaker.is_open)
+        c.state.sampler.shed_while(c.breaker.is_open)
     # Wall time: the budget protects the teacher's real capacity, which is measured in wall seconds.
-    chosen = pipeline.sample(outcome.event, c.sampler, time.time())
+    chosen = pipeline.sample(outcome.event, c.state.sampler, c.wall_clock())
     category = outcome.event.category
     if chosen.sample is None:
         c.metrics.add("shed" if chosen.decision.shed else "not_sampled", category=category)
@@ -302,13 +281,13 @@ async def handle_judgments(
     judgments = parsed.good
     letters = [dead_letter(b.raw, b.reason, detail=b.detail, source=b.source) for b in parsed.bad]
     await asyncio.to_thread(_count_after_evaluation, c, judgments)
-    async with c.evaluation_lock:  # the cached windows are read by the idle timer's evaluation
+    async with c.state.evaluation_lock:  # the cached windows are read by the idle timer's evaluation
         result = await asyncio.to_thread(
             pipeline.aggregate,
             judgments,
             c.windows,
-            c.judgment_watermark,
-            c.judgment_retention_s,
+            c.state.judgment_watermark,
+            c.state.judgment_retention_s,
             parsed.partitions,
         )
     for late in result.late:
@@ -318,16 +297,16 @@ async def handle_judgments(
     c.metrics.add("duplicates_ignored", result.duplicates)
     c.metrics.add("judgments_late", len(result.late))
     await c.publish("dead_letters", [(None, letter.to_bytes()) for letter in letters])
-    c.examples.add(judgments)
-    c.last_input_wall, c.closed_out = c.clock(), None
+    c.state.examples.add(judgments)
+    c.state.last_input_wall, c.state.closed_out = c.clock(), None
     if judgments:
         for judgment in judgments:
-            seen = c.first_seen.get(judgment.category)
+            seen = c.state.first_seen.get(judgment.category)
             epoch = judgment.event_time.timestamp()
-            c.first_seen[judgment.category] = epoch if seen is None else min(seen, epoch)
+            c.state.first_seen[judgment.category] = epoch if seen is None else min(seen, epoch)
         latest = max(j.event_time.timestamp() for j in judgments)
         await asyncio.to_thread(c.loop_state.note_event_time, latest)
-    at = c.judgment_watermark.value
+    at = c.state.judgment_watermark.value
     if at is None:
         return []
     return await evaluate_until(c, at.timestamp(), result.categories)
@@ -345,7 +324,7 @@ async def handle_idle(c: Components) -> list[Alert]:
     """The idle close-out (docs/alerts.md, "Quiet hours"): once no judgment has arrived for
     ``idle_close_s``, evaluate the owned categories up to ``close_out_point`` of the latest
     judgment any worker applied, as the backtest does at the end of its stream."""
-    if c.clock() - c.last_input_wall < c.stream.idle_close_s:
+    if c.clock() - c.state.last_input_wall < c.stream.idle_close_s:
         return []
     latest = await asyncio.to_thread(c.loop_state.latest_event_time)
     if latest is None:
@@ -353,17 +332,17 @@ async def handle_idle(c: Components) -> list[Alert]:
     # Once closed out, nothing changes until judgments arrive or partitions move: the timer then
     # costs nothing but the check above and one read of the latest event time.
     key = (close_out_point(latest, c.stream.bucket_seconds), c.owned_partitions())
-    if key == c.closed_out:
+    if key == c.state.closed_out:
         return []
     alerts = await evaluate_until(c, key[0], frozenset())
-    c.closed_out = key
+    c.state.closed_out = key
     c.metrics.add("idle_advances")
     return alerts
 
 
 async def evaluate_until(c: Components, target: float, touched: frozenset[str]) -> list[Alert]:
     """Evaluate the owned categories at every boundary up to ``target``; publish and notify."""
-    async with c.evaluation_lock:
+    async with c.state.evaluation_lock:
         await asyncio.to_thread(c.loop_state.set_watermark, target)
         alerts = await asyncio.to_thread(_evaluate_owned, c, target, touched)
         for alert in alerts:
@@ -379,21 +358,25 @@ def _evaluate_owned(c: Components, target: float, touched: frozenset[str]) -> li
     # still be able to resolve as the watermark moves on.
     started, started_cpu = time.perf_counter(), time.thread_time()
     partitions, owned = c.settings.topics.judgments.partitions, c.owned_partitions()
-    if owned != c.last_owned:
-        c.engine.reset()  # a category may have been applied by another worker meanwhile
+    if owned != c.state.last_owned:
+        c.state.engine.reset()  # a category may have been applied by another worker meanwhile
         c.metrics.add("engine_resets")
         log.info(
-            "owned judgments partitions %s (were %s): alert engine reloads from Redis", owned, c.last_owned
+            "owned judgments partitions %s (were %s): alert engine reloads from Redis",
+            owned,
+            c.state.last_owned,
         )
-    c.last_owned = owned
+    c.state.last_owned = owned
     known = set(c.windows.categories()) | touched
     categories = owned_categories(known, partitions, owned)
     marks = c.loop_state.evaluated_through(categories)
     alerts: list[Alert] = []
     reached: dict[str, float] = {}
     for category in categories:
-        points = category_points(marks[category], c.first_seen.get(category), target, c.stream.bucket_seconds)
-        alerts += c.engine.evaluate(category, points)
+        points = category_points(
+            marks[category], c.state.first_seen.get(category), target, c.stream.bucket_seconds
+        )
+        alerts += c.state.engine.evaluate(category, points)
         c.metrics.add("boundaries_evaluated", len(points))
         if points:
             reached[category] = points[-1]

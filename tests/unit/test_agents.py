@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -272,9 +273,24 @@ async def test_a_slow_source_partition_holds_the_watermark_and_loses_nothing(
 
     ahead, behind = judged(late), judged(early)
     await handle_judgments(components, ahead, [0] * len(ahead))
-    assert components.judgment_watermark.value is None  # partition 1 unknown: hold back
+    assert components.state.judgment_watermark.value is None  # partition 1 unknown: hold back
     await handle_judgments(components, behind, [1] * len(behind))
     assert len(components.windows.judgments) == len(ahead) + len(behind)
     assert not outputs.sent.get(components.topic_names["dead_letters"])
-    watermark = components.judgment_watermark.value
+    watermark = components.state.judgment_watermark.value
     assert watermark is not None and watermark <= early[-1].event_time
+
+
+async def test_the_injected_wall_clock_decides_what_is_too_far_ahead(
+    policy: Policy, raw_events: list[bytes]
+) -> None:
+    """Stage 1 reads the wall clock it is given: with a clock two days before the bundled
+    events, every one of them is more than max_future_s ahead and is dead-lettered "future"."""
+    loop, outputs, components = _loop(policy, FakeTeacher(policy), "clock")
+    first = json.loads(raw_events[0])["event_time"]
+    before = datetime.fromisoformat(first.replace("Z", "+00:00")).timestamp() - 2 * 86400
+    components.wall_clock = lambda: before
+    async with loop.validate_agent.test_context() as agent:
+        await agent.put(raw_events[0])
+    [letter] = [json.loads(v) for _, v in outputs.sent[components.topic_names["dead_letters"]]]
+    assert letter["reason"] == "future"
