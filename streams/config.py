@@ -42,9 +42,13 @@ class StreamSettings(BaseSettings):
     ingest_batch: int = Field(default=200, ge=1, le=10_000)
     ingest_within_s: float = Field(default=0.2, gt=0.0)
     #: The judge stage takes up to this many samples at once: one teacher round, one wait for acks.
-    judge_batch: int = Field(default=32, ge=1, le=1000)
+    judge_batch: int = Field(default=64, ge=1, le=1000)
     judge_within_s: float = Field(default=0.2, gt=0.0)
-    judge_concurrency: int = Field(default=4, ge=1, le=256)
+    #: Judge actors. 1 keeps each sample partition's judgments in event-time order, which the
+    #: aggregate stage's watermark relies on; more actors reorder them, so under a backlog rules
+    #: can run before all of a boundary's judgments are in (``judgments_after_evaluation``).
+    #: Parallel teacher calls come from ``teacher_max_batch`` instead.
+    judge_concurrency: int = Field(default=1, ge=1, le=256)
     teacher_url: str | None = None
     #: At start-up, how long (wall seconds) to wait for the teacher to answer its info.
     teacher_startup_wait_s: float = Field(default=60.0, ge=0.0)
@@ -55,7 +59,7 @@ class StreamSettings(BaseSettings):
     teacher_max_concurrency: int = Field(default=8, ge=1, le=1024)
     #: Requests per teacher call (a judge batch is split into calls of this size, sent concurrently;
     #: keep it within the Serve deployment's ``max_requests_per_call``).
-    teacher_max_batch: int = Field(default=320, ge=1, le=100_000)
+    teacher_max_batch: int = Field(default=80, ge=1, le=100_000)
     breaker_failures: int = Field(default=5, ge=1)
     breaker_cooldown_s: float = Field(default=10.0, gt=0.0)
     aggregate_batch: int = Field(default=500, ge=1)

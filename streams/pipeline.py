@@ -128,8 +128,9 @@ class WatermarkLike(Protocol):
 
 
 def observe(watermark: WatermarkLike, event_time: datetime, partition: int | None) -> None:
-    """Advance ``watermark``; a ``PartitionedWatermark`` advances ``partition``'s own mark."""
-    if isinstance(watermark, PartitionedWatermark):
+    """Advance ``watermark``; a ``PartitionedWatermark`` advances ``partition``'s own mark (a
+    ``PairedWatermarks`` the pair ``partition`` encodes)."""
+    if isinstance(watermark, PartitionedWatermark | PairedWatermarks):
         watermark.observe(event_time, partition or 0)
     else:
         watermark.observe(event_time)
@@ -195,6 +196,53 @@ class PartitionedWatermark:
             return min(values)
         known = [m.value for m in self._marks.values() if m.value is not None]
         return max(known) if known else None
+
+
+class PairedWatermarks:
+    """The aggregate stage's watermarks: one ``PartitionedWatermark`` over the source (samples)
+    partitions for each judgments partition.
+
+    All of a category's judgments land on one judgments partition, and each source partition's
+    judgments arrive there in event-time order; across judgments partitions nothing is ordered
+    (the consumer drains one partition ahead of another). So a category's rules may run up to
+    the watermark of *its* judgments partition (``at``), never one advanced by judgments read
+    from another partition. ``observe`` takes the pair as ``key(judgments, source)``; ``value``
+    (the least over judgments partitions seen) is what the expiry check uses.
+    """
+
+    SOURCES = 1 << 16
+
+    def __init__(
+        self, allowed_lateness_s: float, sources: int, idle_s: float, clock: Any = time.monotonic
+    ) -> None:
+        self._args = (allowed_lateness_s, sources, idle_s, clock)
+        self._by_partition: dict[int, PartitionedWatermark] = {}
+
+    @classmethod
+    def key(cls, judgments_partition: int, source_partition: int) -> int:
+        """One int for the (judgments partition, source partition) pair."""
+        return judgments_partition * cls.SOURCES + source_partition
+
+    def observe(self, event_time: datetime, key: int = 0) -> None:
+        """Advance the source partition's mark on its judgments partition."""
+        partition, source = divmod(key, self.SOURCES)
+        held = self._by_partition.get(partition)
+        if held is None:
+            held = self._by_partition[partition] = PartitionedWatermark(*self._args)
+        held.observe(event_time, source)
+
+    def at(self, judgments_partition: int) -> datetime | None:
+        """How far a category on ``judgments_partition`` may be evaluated (None: not yet)."""
+        held = self._by_partition.get(judgments_partition)
+        return held.value if held is not None else None
+
+    @property
+    def value(self) -> datetime | None:
+        """The least watermark over the judgments partitions seen (None while one is unknown)."""
+        values = [held.value for held in self._by_partition.values()]
+        if not values or any(value is None for value in values):
+            return None
+        return min(value for value in values if value is not None)
 
 
 # --------------------------------------------------------------------------- sample

@@ -30,9 +30,10 @@ class StageState:
     event_watermark: pipeline.PartitionedWatermark
     #: Judgments arrive on category-keyed partitions that mix every sample partition, and the
     #: judge stage drains sample partitions at different speeds (hours of event time apart at max
-    #: replay speed). Each sample partition is in event-time order, so the watermark is tracked
-    #: per *source* sample partition (a header on each judgment) and is the minimum.
-    judgment_watermark: pipeline.PartitionedWatermark
+    #: replay speed). Each sample partition's judgments reach a judgments partition in event-time
+    #: order, so the watermark is kept per (judgments partition, *source* sample partition: a
+    #: header on each judgment) and a category runs up to its own judgments partition's minimum.
+    judgment_watermark: pipeline.PairedWatermarks
     #: A judgment is only dropped once its buckets may have expired (the window TTL): one that
     #: arrives after its boundary was evaluated still counts in the windows.
     judgment_retention_s: float
@@ -62,7 +63,7 @@ class StageState:
             sampler=Sampler(c.policy),
             retention_s=c.stream.retention_s or pipeline.policy_retention_s(c.policy),
             event_watermark=pipeline.PartitionedWatermark(lateness, topics.events.partitions, idle),
-            judgment_watermark=pipeline.PartitionedWatermark(lateness, topics.samples.partitions, idle),
+            judgment_watermark=pipeline.PairedWatermarks(lateness, topics.samples.partitions, idle),
             judgment_retention_s=float(c.stream.window_ttl_s),
             examples=examples,
             engine=AlertEngine(c.policy, c.windows, c.alert_states, examples),

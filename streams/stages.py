@@ -28,6 +28,7 @@ from streams.engine import EngineWindows
 from streams.evaluation import (
     LoopStateLike,
     MemoryLoopState,
+    category_partition,
     category_points,
     close_out_point,
     owned_categories,
@@ -252,8 +253,13 @@ class ParsedJudgments(NamedTuple):
 
 
 def _parse_judgments(
-    raws: Sequence[bytes | None], partitions: Sequence[int], sources: Sequence[SourcePosition | None]
+    raws: Sequence[bytes | None],
+    partitions: Sequence[int],
+    sources: Sequence[SourcePosition | None],
+    judgments_partitions: int,
 ) -> ParsedJudgments:
+    """Decode a batch; each good judgment's watermark key is (the judgments partition it was read
+    from, or where its category's key puts it when read without Kafka, its source partition)."""
     parsed = ParsedJudgments([], [], [], {})
     for raw, partition, source in zip(raws, partitions, sources, strict=True):
         judgment = JUDGMENTS.decode(raw)
@@ -262,7 +268,10 @@ def _parse_judgments(
             continue
         assert raw is not None
         parsed.good.append(judgment)
-        parsed.partitions.append(partition)
+        read_from = source.partition if source is not None and source.partition is not None else None
+        if read_from is None:
+            read_from = category_partition(judgment.category, judgments_partitions)
+        parsed.partitions.append(pipeline.PairedWatermarks.key(read_from, partition))
         parsed.originals[judgment.judgment_id] = (raw, source)
     return parsed
 
@@ -277,7 +286,9 @@ async def handle_judgments(
 
     Every dead letter keeps the record's original bytes and its position on the judgments topic.
     """
-    parsed = _parse_judgments(raws, partitions or [0] * len(raws), sources or [None] * len(raws))
+    positions = sources or [None] * len(raws)
+    count = c.settings.topics.judgments.partitions
+    parsed = _parse_judgments(raws, partitions or [0] * len(raws), positions, count)
     judgments = parsed.good
     letters = [dead_letter(b.raw, b.reason, detail=b.detail, source=b.source) for b in parsed.bad]
     await asyncio.to_thread(_count_after_evaluation, c, judgments)
@@ -306,10 +317,18 @@ async def handle_judgments(
             c.state.first_seen[judgment.category] = epoch if seen is None else min(seen, epoch)
         latest = max(j.event_time.timestamp() for j in judgments)
         await asyncio.to_thread(c.loop_state.note_event_time, latest)
-    at = c.state.judgment_watermark.value
-    if at is None:
-        return []
-    return await evaluate_until(c, at.timestamp(), result.categories)
+    return await evaluate_until(c, _partition_watermark(c), result.categories)
+
+
+def _partition_watermark(c: Components) -> Callable[[str], float | None]:
+    """A category's target: its judgments partition's watermark (None: not yet)."""
+    partitions = c.settings.topics.judgments.partitions
+
+    def target(category: str) -> float | None:
+        at = c.state.judgment_watermark.at(category_partition(category, partitions))
+        return at.timestamp() if at is not None else None
+
+    return target
 
 
 def _count_after_evaluation(c: Components, judgments: Sequence[Judgment]) -> None:
@@ -340,10 +359,18 @@ async def handle_idle(c: Components) -> list[Alert]:
     return alerts
 
 
-async def evaluate_until(c: Components, target: float, touched: frozenset[str]) -> list[Alert]:
+#: Where evaluation may go: one event time for every category (the idle close-out), or each
+#: category's own (its judgments partition's watermark; None: not yet).
+Target = float | Callable[[str], float | None]
+
+
+async def evaluate_until(c: Components, target: Target, touched: frozenset[str]) -> list[Alert]:
     """Evaluate the owned categories at every boundary up to ``target``; publish and notify."""
     async with c.state.evaluation_lock:
-        await asyncio.to_thread(c.loop_state.set_watermark, target)
+        least = c.state.judgment_watermark.value
+        mark = target if isinstance(target, float) else (least.timestamp() if least is not None else None)
+        if mark is not None:
+            await asyncio.to_thread(c.loop_state.set_watermark, mark)
         alerts = await asyncio.to_thread(_evaluate_owned, c, target, touched)
         for alert in alerts:
             c.metrics.add("alerts_emitted", category=alert.category, state=alert.state)
@@ -353,7 +380,7 @@ async def evaluate_until(c: Components, target: float, touched: frozenset[str]) 
     return alerts
 
 
-def _evaluate_owned(c: Components, target: float, touched: frozenset[str]) -> list[Alert]:
+def _evaluate_owned(c: Components, target: Target, touched: frozenset[str]) -> list[Alert]:
     # Every known category this worker owns, not only those in this batch: a quiet category must
     # still be able to resolve as the watermark moves on.
     started, started_cpu = time.perf_counter(), time.thread_time()
@@ -373,8 +400,11 @@ def _evaluate_owned(c: Components, target: float, touched: frozenset[str]) -> li
     alerts: list[Alert] = []
     reached: dict[str, float] = {}
     for category in categories:
+        goal = target if isinstance(target, float) else target(category)
+        if goal is None:
+            continue
         points = category_points(
-            marks[category], c.state.first_seen.get(category), target, c.stream.bucket_seconds
+            marks[category], c.state.first_seen.get(category), goal, c.stream.bucket_seconds
         )
         alerts += c.state.engine.evaluate(category, points)
         c.metrics.add("boundaries_evaluated", len(points))

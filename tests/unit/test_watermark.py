@@ -52,3 +52,25 @@ def test_is_late(event: float, late: bool) -> None:
 def test_negative_lateness_rejected() -> None:
     with pytest.raises(ValueError):
         Watermark(-1)
+
+
+def test_paired_watermarks_keep_judgments_partitions_apart() -> None:
+    """A judgments partition read far ahead of another must not move the other's watermark:
+    each runs on its own sources' marks (the fix for alerts running before their judgments)."""
+    from datetime import UTC, datetime, timedelta
+
+    from streams.pipeline import PairedWatermarks
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    marks = PairedWatermarks(0.0, sources=2, idle_s=1e9)
+    key = PairedWatermarks.key
+    marks.observe(t0 + timedelta(hours=10), key(0, 0))
+    marks.observe(t0 + timedelta(hours=10), key(0, 1))
+    marks.observe(t0 + timedelta(hours=2), key(1, 0))
+    assert marks.at(0) == t0 + timedelta(hours=10)
+    assert marks.at(1) is None, "source 1 has said nothing on partition 1 yet: hold it back"
+    assert marks.at(2) is None and marks.value is None
+    marks.observe(t0 + timedelta(hours=3), key(1, 1))
+    assert marks.at(1) == t0 + timedelta(hours=2)
+    assert marks.value == t0 + timedelta(hours=2), "expiry uses the least"
+    assert marks.at(0) == t0 + timedelta(hours=10), "partition 0 is not held back by partition 1"
