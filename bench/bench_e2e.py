@@ -458,8 +458,8 @@ def notes() -> list[str]:
         "seconds: from the first produce to the aggregate stage's committed offsets covering every "
         "judgment (Faust commits every 1 s, so up to ~1 s too long); windows_judged checks Redis",
         "teacher alone: a fresh in-process backend judging the same pairs, batched as the judge "
-        "stage batches them (the pairs of 32 samples per call); the embedding cache starts cold "
-        "on both sides",
+        "stage batches them (the pairs of judge_batch = 64 samples per call); the embedding "
+        "cache starts cold on both sides",
         "cpu_% is of one core over the measured interval (200 % = both cores); Kafka and Redis "
         "are shared with whatever else runs on the machine; peak_mib is VmHWM (lifetime peak)",
     ]
