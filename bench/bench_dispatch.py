@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import socket
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import BenchResult
+from infra.processes import free_port
 from schemas.judgments import Judgment
 from schemas.settings import Settings, load_settings
 
@@ -68,14 +68,6 @@ def tag_pair(pair: dict[str, Any], tag: str) -> dict[str, Any]:
     """A copy of ``pair`` whose query, item title and ids carry ``tag`` (defeats the text cache)."""
     item = {**pair["item"], "title": f"{pair['item']['title']} {tag}"}
     return {**pair, "event_id": f"{pair['event_id']}-{tag}", "query": f"{pair['query']} {tag}", "item": item}
-
-
-def free_port() -> int:
-    """A TCP port free on the loopback interface right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 # --------------------------------------------------------------------------- pairs

@@ -211,6 +211,29 @@ def port_open(host: str, port: int) -> bool:
         return False
 
 
+#: Listening ports for test and benchmark servers come from below Linux's ephemeral range
+#: (32768-60999): a port the kernel handed out by ``bind(0)`` can be taken by any outgoing
+#: connection (Kafka, Redis, Ray clients) before the server binds it, which made Ray Serve's
+#: proxy fail to start now and then ("Failed to bind to address").
+LISTEN_PORTS = (20000, 32000)
+
+
+def free_port(host: str = "127.0.0.1", ports: tuple[int, int] = LISTEN_PORTS) -> int:
+    """A port in ``ports`` nothing listens on now (tried in a random order)."""
+    import random
+
+    candidates = list(range(*ports))
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise ServiceError(f"no free port in {ports[0]}-{ports[1]} on {host}")
+
+
 def failure(service: str, what: str, log_path: Path) -> ServiceError:
     """A ServiceError naming the log file and quoting its tail."""
     return ServiceError(f"{service}: {what}; log: {log_path}\n--- tail of {log_path} ---\n{tail(log_path)}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from infra.processes import free_port
 from reliability import harness
 from reliability.live import LoopRun, Worker, log
 from reliability.live_io import TopicReader
@@ -47,13 +47,6 @@ class CrashConfig:
     drain_timeout_s: float = 300.0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def teacher_settings(base: Settings) -> Settings:
     """``base`` with this check's Ray temp dir, a free Serve port and 2 noop replicas of 0.5 CPU."""
     serve = base.serve.model_copy(
@@ -62,7 +55,7 @@ def teacher_settings(base: Settings) -> Settings:
             "autoscaling": base.serve.autoscaling.model_copy(update={"min_replicas": 2, "max_replicas": 2}),
         }
     )
-    ray = base.ray.model_copy(update={"serve_port": _free_port(), "app_name": "evalloop-teacher-rel"})
+    ray = base.ray.model_copy(update={"serve_port": free_port(), "app_name": "evalloop-teacher-rel"})
     return base.model_copy(update={"state_dir": STATE_DIR, "serve": serve, "ray": ray})
 
 

@@ -20,6 +20,7 @@ from schemas.deadletter import DeadLetter, Reason, SourcePosition
 from schemas.events import Sample
 from schemas.judgments import Judgment
 from schemas.policy import Policy
+from schemas.retry import Backoff
 from schemas.settings import Settings
 from streams import pipeline
 from streams.config import StreamSettings
@@ -420,12 +421,17 @@ def _evaluate_owned(c: Components, target: Target, touched: frozenset[str]) -> l
     return alerts
 
 
+#: Webhooks are sent while the evaluation lock is held (the aggregate stage waits): two retries,
+#: and a target's Retry-After is honoured up to 5 s only (the alerts topic has the alert anyway).
+NOTIFY_RETRY = RetryPolicy(max_attempts=3, backoff=Backoff(base_s=0.5, cap_s=2.0, max_retry_after_s=5.0))
+
+
 async def _notify(c: Components, alerts: Sequence[Alert]) -> None:
     if not c.webhooks or c.webhook_sender is None:
         return
     sender = c.webhook_sender
     for alert in alerts:
-        results = await asyncio.to_thread(deliver, alert, c.webhooks, sender, RetryPolicy(max_attempts=3))
+        results = await asyncio.to_thread(deliver, alert, c.webhooks, sender, NOTIFY_RETRY)
         for result in results:
             if not result.ok:
                 c.metrics.add("webhook_failures", target=result.target)

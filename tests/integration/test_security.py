@@ -28,6 +28,7 @@ import pytest
 import redis
 from pydantic import SecretStr, ValidationError
 
+from infra.processes import free_port
 from judges.base import JudgeRequest, ok_judgment
 from schemas.alerts import Alert
 from schemas.events import Item
@@ -69,13 +70,6 @@ def assert_no_secret(text: str, where: str, allowed: tuple[str, ...] = ()) -> No
     """Fail naming ``where`` if any test secret (other than ``allowed``) occurs in ``text``."""
     leaked = [secret for secret in SECRETS if secret in text and secret not in allowed]
     assert not leaked, f"{where} contains secret(s) {leaked}"
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --------------------------------------------------------------------------- a throwaway Redis with ACLs

@@ -7,7 +7,6 @@ Ray starts once per test session (``num_cpus=2``; ~4 s) and every app runs with 
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from infra.processes import free_port as _free_port
 from judges.base import JudgeRequest, Teacher
 from judges.fake import NoopTeacher
 from schemas.events import Item
@@ -43,13 +43,6 @@ COMPARED = (
     "policy_version",
     "teacher_version",
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _requests(count: int) -> list[JudgeRequest]:

@@ -222,3 +222,14 @@ def test_reset_keeps_the_jars_and_removes_data_logs_and_state(tmp_path: Path) ->
     assert not any(path.exists() for path in gone)
     assert not paths.kafka_data.exists() and not paths.logs.exists()
     assert "kept the jars" in messages[-1]
+
+
+def test_free_port_is_below_the_ephemeral_range_and_bindable() -> None:
+    import socket
+
+    from infra.processes import LISTEN_PORTS, free_port
+
+    port = free_port()
+    assert LISTEN_PORTS[0] <= port < LISTEN_PORTS[1] < 32768
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", port))
