@@ -334,9 +334,10 @@ def same_work_consume(settings: Settings, topic: str, count: int, timeout_s: flo
 
     from schemas.policy import load_policy
     from streams.config import StreamSettings
-    from streams.pipeline import PartitionedWatermark, Valid, policy_retention_s, sample, validate
+    from streams.pipeline import Valid, policy_retention_s, sample, validate
     from streams.replay import make_producer
     from streams.sampling import Sampler
+    from streams.watermark import PartitionedWatermark
 
     policy, stream = load_policy(POLICY), StreamSettings()
     sampler, producer = Sampler(policy), make_producer(settings)

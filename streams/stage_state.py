@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from streams import pipeline
 from streams.engine import AlertEngine
 from streams.sampling import Sampler
+from streams.watermark import PairedWatermarks, PartitionedWatermark
 
 if TYPE_CHECKING:
     from streams.stages import Components
@@ -27,13 +28,13 @@ class StageState:
     sampler: Sampler
     #: Events older than watermark - this are dead-lettered "late" (the policy's longest window).
     retention_s: float
-    event_watermark: pipeline.PartitionedWatermark
+    event_watermark: PartitionedWatermark
     #: Judgments arrive on category-keyed partitions that mix every sample partition, and the
     #: judge stage drains sample partitions at different speeds (hours of event time apart at max
     #: replay speed). Each sample partition's judgments reach a judgments partition in event-time
     #: order, so the watermark is kept per (judgments partition, *source* sample partition: a
     #: header on each judgment) and a category runs up to its own judgments partition's minimum.
-    judgment_watermark: pipeline.PairedWatermarks
+    judgment_watermark: PairedWatermarks
     #: A judgment is only dropped once its buckets may have expired (the window TTL): one that
     #: arrives after its boundary was evaluated still counts in the windows.
     judgment_retention_s: float
@@ -62,8 +63,8 @@ class StageState:
         return cls(
             sampler=Sampler(c.policy),
             retention_s=c.stream.retention_s or pipeline.policy_retention_s(c.policy),
-            event_watermark=pipeline.PartitionedWatermark(lateness, topics.events.partitions, idle),
-            judgment_watermark=pipeline.PairedWatermarks(lateness, topics.samples.partitions, idle),
+            event_watermark=PartitionedWatermark(lateness, topics.events.partitions, idle),
+            judgment_watermark=PairedWatermarks(lateness, topics.samples.partitions, idle),
             judgment_retention_s=float(c.stream.window_ttl_s),
             examples=examples,
             engine=AlertEngine(c.policy, c.windows, c.alert_states, examples),

@@ -38,6 +38,7 @@ from streams.metrics import LoopMetrics
 from streams.notify import RetryPolicy, WebhookSender, WebhookTarget, deliver
 from streams.stage_state import StageState
 from streams.teacher_client import CircuitBreaker, TeacherClient
+from streams.watermark import PairedWatermarks
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +273,7 @@ def _parse_judgments(
         read_from = source.partition if source is not None and source.partition is not None else None
         if read_from is None:
             read_from = category_partition(judgment.category, judgments_partitions)
-        parsed.partitions.append(pipeline.PairedWatermarks.key(read_from, partition))
+        parsed.partitions.append(PairedWatermarks.key(read_from, partition))
         parsed.originals[judgment.judgment_id] = (raw, source)
     return parsed
 

@@ -19,7 +19,6 @@ from schemas.policy import Policy, load_policy
 from streams.pipeline import (
     MemoryAlertStateStore,
     MemoryWindowStore,
-    PartitionedWatermark,
     Valid,
     aggregate,
     evaluate_alerts,
@@ -30,7 +29,7 @@ from streams.pipeline import (
 from streams.replay import Degradation, build_records, paced, parse_time
 from streams.sampling import Sampler
 from streams.teacher_client import CircuitBreaker, ServeTeacherClient, error_judgment_for
-from streams.watermark import Watermark
+from streams.watermark import PartitionedWatermark, Watermark
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "data" / "wands" / "events.jsonl"
@@ -313,7 +312,7 @@ async def test_client_honours_retry_after(policy: Policy) -> None:
 def test_far_future_event_is_dead_lettered_and_does_not_poison_the_watermark() -> None:
     from datetime import UTC, datetime
 
-    from streams.pipeline import PartitionedWatermark
+    from streams.watermark import PartitionedWatermark
 
     now = datetime(2024, 6, 1, 12, tzinfo=UTC)
     watermark = PartitionedWatermark(60, 1)

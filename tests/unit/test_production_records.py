@@ -31,7 +31,7 @@ from streams.evaluation import (
     close_out_point,
     owned_categories,
 )
-from streams.pipeline import MemoryAlertStateStore, MemoryWindowStore, PartitionedWatermark, validate
+from streams.pipeline import MemoryAlertStateStore, MemoryWindowStore, validate
 from streams.replay import Degradation, parse_time
 from streams.stages import (
     Components,
@@ -42,6 +42,7 @@ from streams.stages import (
     handle_judgments,
     handle_sample,
 )
+from streams.watermark import PartitionedWatermark
 from tests.support.policies import burn_rate_policy
 from tests.support.stub_teacher import StubTeacher
 

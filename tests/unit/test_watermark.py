@@ -59,7 +59,7 @@ def test_paired_watermarks_keep_judgments_partitions_apart() -> None:
     each runs on its own sources' marks (the fix for alerts running before their judgments)."""
     from datetime import UTC, datetime, timedelta
 
-    from streams.pipeline import PairedWatermarks
+    from streams.watermark import PairedWatermarks
 
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     marks = PairedWatermarks(0.0, sources=2, idle_s=1e9)
