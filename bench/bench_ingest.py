@@ -351,6 +351,7 @@ def same_work_consume(settings: Settings, topic: str, count: int, timeout_s: flo
         }
     )
     consumer.subscribe([topic])
+    retention_s = policy_retention_s(policy)
     out, seen, sampled, started = baseline_topic(settings), 0, 0, 0.0
     deadline = time.monotonic() + timeout_s
     try:
@@ -363,7 +364,7 @@ def same_work_consume(settings: Settings, topic: str, count: int, timeout_s: flo
                 outcome = validate(
                     message.value(),
                     watermark=watermark,
-                    retention_s=policy_retention_s(policy),
+                    retention_s=retention_s,
                     max_future_s=stream.max_future_s,
                 )
                 seen += 1

@@ -81,10 +81,10 @@ class VerdictError(ValueError):
 
 
 def check_verdict(
-    policy: Policy, grade: int, failure_modes: Sequence[str], rationale: str = "-"
+    policy: Policy, grade: int, failure_modes: Sequence[str], rationale: str | None = None
 ) -> tuple[str, ...]:
-    """Validate a verdict against the policy (``schemas.verdicts.verdict_problem``); returns the
-    failure modes, de-duplicated in order."""
+    """Validate a verdict against the policy (``schemas.verdicts.verdict_problem``; the rationale
+    only when given); returns the failure modes, de-duplicated in order."""
     problem = verdicts.verdict_problem(policy, grade, failure_modes, rationale)
     if problem is not None:
         raise VerdictError(problem)

@@ -94,14 +94,6 @@ def _as_count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
-class _Retryable(RetryableError):
-    """One attempt failed in a way worth retrying (schemas.retry); ``retry_after_s`` is the
-    server's Retry-After if any."""
-
-    def __init__(self, reason: str, delay: float | None = None) -> None:
-        super().__init__(reason, retry_after_s=delay)
-
-
 class _Fatal(Exception):
     """The pair cannot be graded by retrying (4xx, bad answer, malformed response)."""
 
@@ -271,12 +263,14 @@ class OpenAITeacher:
                 f"{self.base_url}/chat/completions", json=body, headers=self._headers()
             )
         except httpx.TimeoutException:
-            raise _Retryable(f"timed out after {self.timeout_s:g}s") from None
+            raise RetryableError(f"timed out after {self.timeout_s:g}s") from None
         except httpx.TransportError as error:
-            raise _Retryable(f"connection error ({type(error).__name__})") from None
+            raise RetryableError(f"connection error ({type(error).__name__})") from None
         status = response.status_code
         if is_retryable_status(status):
-            raise _Retryable(f"HTTP {status}", parse_retry_after(response.headers.get("retry-after")))
+            raise RetryableError(
+                f"HTTP {status}", retry_after_s=parse_retry_after(response.headers.get("retry-after"))
+            )
         if status != 200:
             raise _Fatal(f"HTTP {status}: {_snippet(response.text)}")
         return self._answer_text(response)

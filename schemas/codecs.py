@@ -9,6 +9,7 @@ size, UTF-8, duplicate keys, unknown fields).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Generic, Literal, NamedTuple, TypeVar
 
@@ -48,7 +49,7 @@ class Codec(Generic[M]):
         except ValidationError as error:
             return Undecodable("schema", f"bad {self.model.__name__.lower()}: {str(error)[:500]}")
 
-    def decode_all(self, raws: list[bytes]) -> tuple[list[M], int]:
+    def decode_all(self, raws: Iterable[bytes]) -> tuple[list[M], int]:
         """The records that decode, in order, and how many did not."""
         decoded = [self.decode(raw) for raw in raws]
         good = [value for value in decoded if not isinstance(value, Undecodable)]

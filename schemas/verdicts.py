@@ -20,11 +20,12 @@ def verdict_problem(
     policy: Policy,
     grade: int,
     failure_modes: Sequence[str],
-    rationale: str,
+    rationale: str | None = None,
     display: str | None = None,
 ) -> str | None:
     """Why a verdict does not fit ``policy`` (grade off the scale, display not the grade's,
-    unknown failure mode, empty rationale), or None when it fits."""
+    unknown failure mode, empty rationale), or None when it fits; ``rationale`` and ``display``
+    are checked only when given."""
     if grade not in policy.grades:
         return f"grade {grade} is not on the policy scale {policy.grades}"
     if display is not None and display != policy.display_for(grade):
@@ -33,7 +34,7 @@ def verdict_problem(
     unknown = [mode for mode in failure_modes if mode not in known]
     if unknown:
         return f"unknown failure modes {unknown}; the policy defines {sorted(known)}"
-    if not rationale.strip():
+    if rationale is not None and not rationale.strip():
         return "empty rationale"
     return None
 

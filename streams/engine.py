@@ -87,7 +87,6 @@ class SlidingSum:
         self.end: int | None = None
         self.counters: dict[str, float] = {}
         self._slid_s = 0
-        self.recomputes = 0
 
     def covers(self, start: int) -> bool:
         """Whether the bucket starting at ``start`` is inside the current span."""
@@ -139,7 +138,6 @@ class SlidingSum:
         for start in self.span(end):
             merge_counts(self.counters, buckets.get(start, {}))
         self.end, self._slid_s = end, 0
-        self.recomputes += 1
 
 
 class CategoryWindows:
@@ -162,7 +160,6 @@ class CategoryWindows:
         self.complete_after: int | None = None
         self.buckets: Buckets = {}
         self.sums: dict[int, SlidingSum] = {}
-        self.loads = 0
         self._oldest_kept = -(2**62)
 
     def fold(self, judgment: Judgment) -> None:
@@ -209,7 +206,6 @@ class CategoryWindows:
             upto = max(end, bucket_start(latest, self.step) + self.step)
         missing += [start for start in range(end, upto, self.step) if start not in self.buckets]
         self.buckets.update(self.load(missing))
-        self.loads += 1
         if latest is not None:
             self.complete_after = max(self.complete_after or upto - self.step, upto - self.step)
 
@@ -283,11 +279,6 @@ class EngineWindows:
     def reset(self) -> None:
         """Forget everything in memory (ownership changed): reload from the durable store."""
         self._by_category.clear()
-
-    @property
-    def loads(self) -> int:
-        """How many loads from the durable store the categories held now made."""
-        return sum(held.loads for held in self._by_category.values())
 
 
 class CachedStates:

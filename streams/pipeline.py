@@ -288,10 +288,10 @@ def evaluate_alerts(
     ``rules``: ``rule_windows(policy, category)``, when the caller keeps it.
     """
     alerts: list[Alert] = []
-    read: dict[int, WindowStats] = {}
+    reader = _Reader(store, category, at, {})
     for rule, windows in rules if rules is not None else rule_windows(policy, category):
         state = states.get(rule.id, category)
-        verdict = _verdict(rule, windows, state, _Reader(store, category, at, read))
+        verdict = _verdict(rule, windows, state, reader)
         if verdict.new_state == state:
             continue
         stored = states.put(rule.id, category, verdict.new_state, state.version)

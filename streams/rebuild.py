@@ -103,11 +103,14 @@ def last_alerts(raws: Iterable[bytes]) -> dict[tuple[str, str], Alert]:
 # --------------------------------------------------------------------------- restoring state
 
 
-def live_watermark(judgments: Sequence[Judgment], allowed_lateness_s: float) -> float | None:
+def latest_event_time(judgments: Sequence[Judgment]) -> float | None:
+    """The latest judgment event time (None: no judgments)."""
+    return max((j.event_time.timestamp() for j in judgments), default=None)
+
+
+def live_watermark(latest: float | None, allowed_lateness_s: float) -> float | None:
     """The watermark the live worker would have: max event time − allowed lateness (None: none)."""
-    if not judgments:
-        return None
-    return max(j.event_time.timestamp() for j in judgments) - allowed_lateness_s
+    return None if latest is None else latest - allowed_lateness_s
 
 
 def first_seen(judgments: Iterable[Judgment]) -> dict[str, float]:
@@ -276,14 +279,14 @@ def rebuild(
         prefix = settings.redis.key_prefix
         windows = WindowStore(client, prefix, bucket_seconds, ttl_seconds)
         states = AlertStateStore(client, prefix)
-        latest = max((j.event_time.timestamp() for j in judgments), default=None)
+        latest = latest_event_time(judgments)
         engine_windows = EngineWindows.for_policy(windows, policy, horizon=lambda: latest)
         cached_states = CachedStates(states)
         counts.keys_cleared = windows.clear()
         counts.applied = apply_all(windows, judgments)
         categories = windows.categories()
         counts.categories = len(categories)
-        mark = live_watermark(judgments, allowed_lateness_s)
+        mark = live_watermark(latest, allowed_lateness_s)
         through: dict[str, float] = {}
         if mark is not None:
             restored_marks = restore_alert_states(
@@ -297,10 +300,10 @@ def rebuild(
         restored = restored_states(policy, categories, states)
         counts.alert_states_restored = sum(1 for s in restored.values() if s.state != "ok")
         counts.mismatches = compare_with_alerts(restored, announced)
-        if mark is not None:
+        if mark is not None and latest is not None:
             loop_state = LoopStateStore(client, prefix)
             loop_state.set_watermark(mark)
-            loop_state.note_event_time(mark + allowed_lateness_s)
+            loop_state.note_event_time(latest)
             loop_state.set_evaluated_through(through)
             counts.watermark = pipeline.utc_from_epoch(mark).isoformat()
     finally:

@@ -153,7 +153,7 @@ def test_engine_windows_read_what_redis_holds(store: WindowStore) -> None:
                 stats, want = engine.read(category, window, end), store.read(category, window, end)
                 assert (stats.samples, stats.errors) == (want.samples, want.errors)
                 assert stats.counters == pytest.approx(want.counters)
-    loads = engine.loads
+    loaded = engine.buckets_loaded
     for category in CATEGORIES:
         engine.read(category, 7200, ends[21])
-    assert engine.loads == loads
+    assert engine.buckets_loaded == loaded

@@ -28,6 +28,7 @@ from streams.rebuild import (
     distinct_judgments,
     first_seen,
     last_alerts,
+    latest_event_time,
     live_watermark,
     reconcile,
     restore_alert_states,
@@ -59,7 +60,7 @@ def test_distinct_judgments_counts_duplicates_and_invalid(judgments: list[Judgme
 
 def boundaries(judgments: list[Judgment], lateness: float = LATENESS) -> list[float]:
     """The live loop's boundaries: after the first judgment's bucket, up to the live watermark."""
-    mark = live_watermark(judgments, lateness)
+    mark = live_watermark(latest_event_time(judgments), lateness)
     if mark is None:
         return []
     return every_point(None, min(first_seen(judgments).values()), mark, 300)
@@ -103,7 +104,7 @@ def test_restore_equals_the_live_incremental_evaluation(policy: Policy, judgment
 
     store, states = BucketWindowStore(), pipeline.MemoryAlertStateStore()
     store.apply(judgments)
-    mark = live_watermark(judgments, LATENESS)
+    mark = live_watermark(latest_event_time(judgments), LATENESS)
     assert mark is not None
     restored_marks = restore_alert_states(policy, store, states, first_seen(judgments), mark)
     assert set(restored_marks.through) == set(store.categories()) and restored_marks.evaluations > 0
