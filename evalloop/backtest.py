@@ -22,6 +22,7 @@ from schemas.events import RecommendationEvent, parse_event
 from schemas.judgments import Judgment
 from schemas.policy import Policy
 from streams import pipeline
+from streams.correction import WindowCorrector
 from streams.engine import AlertEngine, EngineWindows
 from streams.evaluation import close_out_point
 from streams.replay import Degradation, build_records, read_lines
@@ -136,7 +137,12 @@ def sample_requests(policy: Policy, events: Iterable[RecommendationEvent]) -> tu
     return requests, sampled
 
 
-def replay_alerts(policy: Policy, judgments: Sequence[Judgment], store: BucketWindowStore) -> list[Alert]:
+def replay_alerts(
+    policy: Policy,
+    judgments: Sequence[Judgment],
+    store: BucketWindowStore,
+    corrector: WindowCorrector | None = None,
+) -> list[Alert]:
     """Apply judgments in event-time order, evaluating every rule at each bucket boundary.
 
     Boundaries run from the first after a category's first judgment to where the live loop's
@@ -150,7 +156,7 @@ def replay_alerts(policy: Policy, judgments: Sequence[Judgment], store: BucketWi
     step = store.bucket_seconds
     examples = pipeline.RecentExamples()
     windows = EngineWindows.for_policy(store, policy)
-    engine = AlertEngine(policy, windows, pipeline.MemoryAlertStateStore(), examples)
+    engine = AlertEngine(policy, windows, pipeline.MemoryAlertStateStore(), examples, corrector)
     first_seen: dict[str, float] = {}
     alerts: list[Alert] = []
     applied = 0
@@ -175,9 +181,11 @@ def backtest(
     path: Path,
     degradation: Degradation | None = None,
     bucket_seconds: int = DEFAULT_BUCKET_SECONDS,
+    corrector: WindowCorrector | None = None,
 ) -> BacktestResult:
     """Run the whole offline loop over ``path`` (``bucket_seconds``: the worker's, from
-    ``StreamSettings``, so the backtest evaluates the boundaries the live loop does)."""
+    ``StreamSettings``, so the backtest evaluates the boundaries the live loop does;
+    ``corrector``: the teacher's calibration, as the live worker loads it)."""
     events, invalid = load_events(path, degradation)
     requests, sampled = sample_requests(policy, events)
     judgments = judge_all(teacher, requests)
@@ -188,5 +196,5 @@ def backtest(
         judgments=judgments,
         windows=BucketWindowStore(bucket_seconds),
     )
-    result.alerts = replay_alerts(policy, judgments, result.windows)
+    result.alerts = replay_alerts(policy, judgments, result.windows, corrector)
     return result

@@ -255,12 +255,17 @@ def _expected_alerts(config: DemoConfig) -> list[Alert]:
     from evalloop.backtest import backtest
     from judges.registry import build_teacher
     from schemas.policy import load_policy
+    from schemas.settings import load_settings
     from streams.config import StreamSettings
+    from streams.correction import find_corrector
 
     policy = load_policy(config.policy_file)
     teacher = build_teacher(policy, config.backend)
     bucket_seconds = StreamSettings().bucket_seconds
-    return backtest(policy, teacher, config.events_file, config.degradation(), bucket_seconds).alerts
+    corrector, _ = find_corrector(load_settings().calibration_dir, teacher.teacher_version, policy.version)
+    return backtest(
+        policy, teacher, config.events_file, config.degradation(), bucket_seconds, corrector
+    ).alerts
 
 
 def verdict(config: DemoConfig, live: list[Alert], expected: list[Alert]) -> tuple[bool, list[str]]:

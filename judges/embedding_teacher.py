@@ -29,13 +29,15 @@ from judges.features import (
     THRESHOLD_FEATURES,
     Embedder,
     Evidence,
+    Lexicon,
     PairText,
+    build_lexicon,
     compute_evidence,
     failure_modes,
     feature_matrix,
     rationale,
 )
-from judges.golden import GoldenItem, golden_requests
+from judges.golden import GoldenItem, golden_requests, split_golden
 from schemas.judgments import Judgment
 from schemas.policy import Policy
 
@@ -43,13 +45,18 @@ log = logging.getLogger(__name__)
 
 F64 = npt.NDArray[np.float64]
 ARTIFACT_FORMAT = "evalloop-embedding-teacher"
-ARTIFACT_FORMAT_VERSION = 1
-VERSION_PREFIX = "embedding-v1"
+ARTIFACT_FORMAT_VERSION = 2
+VERSION_PREFIX = "embedding-v2"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Candidate settings tried in grouped CV; order breaks ties, so the simplest comes first.
 KINDS = ("cumulative", "multinomial")
 C_GRID = (0.01, 0.1, 1.0, 10.0)
-DECISIONS = ("argmax", "expected")
+#: The decision rule is fixed, not tuned: the most probable class, except that a near tie between
+#: two classes one level apart on the golden scale (Exact vs Partial, Partial vs Irrelevant) gives
+#: the policy grade between them (3 Good, 1 Weak), which no imported golden label uses.
+DECISIONS = ("between",)
+BETWEEN_MARGIN = 0.10
+KNOWN_DECISIONS = ("argmax", "expected", "between")
 CV_FOLDS = 5
 DIGITS = 6  # floats in the artifact are rounded so tiny BLAS differences do not change its bytes
 
@@ -62,6 +69,8 @@ class OrdinalModel:
 
     ``cumulative``: one logistic model per threshold, P(y > classes[k]); class probabilities are
     differences of the (monotonised) cumulative ones. ``multinomial``: softmax over classes.
+    Decisions: ``argmax``; ``expected`` (the expected grade rounded to the scale); ``between``
+    (argmax, but the grade between two near-tied classes that straddle it).
     """
 
     def __init__(self, spec: dict[str, Any]) -> None:
@@ -75,7 +84,7 @@ class OrdinalModel:
         rows = len(self.classes) - 1 if self.kind == "cumulative" else len(self.classes)
         if (
             self.kind not in KINDS
-            or self.decision not in DECISIONS
+            or self.decision not in KNOWN_DECISIONS
             or self.coef.shape != (rows, len(self.mean))
         ):
             raise ValueError(
@@ -96,11 +105,21 @@ class OrdinalModel:
         return np.asarray(upper - lower, dtype=np.float64)
 
     def grades(self, probabilities: F64, scale: Sequence[int]) -> list[int]:
-        """Decided grades: the most probable class, or the expected grade rounded to the scale."""
+        """Decided grades under the model's decision rule (see the class docstring)."""
         if self.decision == "argmax":
             return [self.classes[int(i)] for i in probabilities.argmax(axis=1)]
+        if self.decision == "between":
+            return [self._between(row, scale) for row in probabilities]
         expected = probabilities @ np.asarray(self.classes, dtype=np.float64)
         return [min(scale, key=lambda g: (abs(g - e), g)) for e in expected]
+
+    def _between(self, row: F64, scale: Sequence[int]) -> int:
+        first, second = (int(i) for i in np.argsort(-row, kind="stable")[:2])
+        top, runner_up = self.classes[first], self.classes[second]
+        middle = [g for g in scale if min(top, runner_up) < g < max(top, runner_up)]
+        if len(middle) == 1 and row[first] - row[second] < BETWEEN_MARGIN:
+            return middle[0]
+        return top
 
 
 def scale_probabilities(class_probs: F64, classes: Sequence[int], scale: Sequence[int]) -> list[list[float]]:
@@ -157,7 +176,8 @@ def _kappas(truth: Sequence[int], predicted: Sequence[int], scale: list[int]) ->
 
 
 def grouped_cv(x: F64, y: list[int], groups: list[str], scale: list[int]) -> list[dict[str, Any]]:
-    """Out-of-fold kappas of every candidate (kind, C, decision), GroupKFold by query."""
+    """Out-of-fold kappas of every candidate (kind, C, decision), GroupKFold by query; each
+    candidate's out-of-fold grades are under its ``"predicted"`` key."""
     from sklearn.model_selection import GroupKFold
 
     classes = sorted(set(y))
@@ -176,7 +196,14 @@ def grouped_cv(x: F64, y: list[int], groups: list[str], scale: list[int]) -> lis
             for decision in DECISIONS:
                 kappa, weighted = _kappas(y, predicted[decision], scale)
                 results.append(
-                    {"kind": kind, "C": c, "decision": decision, "kappa": kappa, "weighted_kappa": weighted}
+                    {
+                        "kind": kind,
+                        "C": c,
+                        "decision": decision,
+                        "kappa": kappa,
+                        "weighted_kappa": weighted,
+                        "predicted": predicted[decision],
+                    }
                 )
     return results
 
@@ -196,14 +223,20 @@ def _thresholds(evidence: Sequence[Evidence], y: Sequence[int]) -> dict[str, flo
 def fit_artifact(
     items: Sequence[GoldenItem], golden_bytes: bytes, policy: Policy, embedder: Embedder
 ) -> dict[str, Any]:
-    """Fit the teacher on ``items`` (the golden set) and return the artifact (versioned)."""
+    """Fit the teacher on ``items`` (the golden set) less its canary split (``golden.canary``),
+    and return the artifact (versioned)."""
+    canaries = split_golden(items, policy).canaries
+    items = split_golden(items, policy).fit
     pairs = [PairText.from_request(r) for r in golden_requests(items)]
-    evidence = compute_evidence(embedder, pairs)
+    lexicon = build_lexicon(pairs)
+    evidence = compute_evidence(embedder, pairs, lexicon)
     x, y = feature_matrix(evidence), [item.grade for item in items]
     groups = [item.query for item in items]
     scale = policy.grades
     candidates = grouped_cv(x, y, groups, scale)
     best = max(candidates, key=lambda r: round(r["weighted_kappa"], DIGITS))  # first of equals wins
+    out_of_fold = best["predicted"]
+    candidates = [{k: v for k, v in c.items() if k != "predicted"} for c in candidates]
     spec = _fit_spec(best["kind"], best["C"], x, y, sorted(set(y)))
     artifact: dict[str, Any] = {
         "format": ARTIFACT_FORMAT,
@@ -212,12 +245,15 @@ def fit_artifact(
         "features": list(FEATURE_NAMES),
         "model": {**spec, "C": best["C"], "decision": best["decision"]},
         "evidence_thresholds": _thresholds(evidence, y),
+        "lexicon": lexicon.to_json(),
         "policy": {"version": policy.version, "grades": scale},
         "fitted_on": {
             "sha256": hashlib.sha256(golden_bytes).hexdigest(),
             "n": len(items),
             "queries": len(set(groups)),
             "grades": {str(g): n for g, n in sorted(Counter(y).items())},
+            "canaries_excluded": len(canaries),
+            "canary_split": policy.golden.canary.model_dump(),
         },
         "cv": {
             "method": f"GroupKFold({min(CV_FOLDS, len(set(groups)))}) by query, pooled out-of-fold",
@@ -225,6 +261,9 @@ def fit_artifact(
             "kappa": best["kappa"],
             "weighted_kappa": best["weighted_kappa"],
             "candidates": candidates,
+            # The selected candidate's grade for each golden item from the fold that did not see
+            # its query: what a teacher calibration may use (docs/calibration.md).
+            "out_of_fold": {item.id: grade for item, grade in zip(items, out_of_fold, strict=True)},
         },
     }
     artifact = _rounded(artifact)
@@ -248,7 +287,7 @@ def _canonical(artifact: dict[str, Any]) -> str:
 
 
 def teacher_version_of(artifact: dict[str, Any]) -> str:
-    """``embedding-v1:<first 12 hex of sha256 of the artifact's content>``."""
+    """``embedding-v2:<first 12 hex of sha256 of the artifact's content>``."""
     return f"{VERSION_PREFIX}:{hashlib.sha256(_canonical(artifact).encode('utf-8')).hexdigest()[:12]}"
 
 
@@ -322,10 +361,11 @@ class EmbeddingTeacher:
                 f"loaded {self.embedder.model_id}; refit with `evalloop teacher fit`"
             )
         self.thresholds: dict[str, float] = self.artifact["evidence_thresholds"]
+        self.lexicon = Lexicon.from_json(self.artifact["lexicon"])
 
     @property
     def teacher_version(self) -> str:
-        """``embedding-v1:<artifact hash>``."""
+        """``embedding-v2:<artifact hash>``."""
         return self._version
 
     @property
@@ -346,13 +386,13 @@ class EmbeddingTeacher:
 
     def _evidence(self, pairs: list[PairText]) -> list[Evidence | str]:
         try:
-            return list(compute_evidence(self.embedder, pairs))
+            return list(compute_evidence(self.embedder, pairs, self.lexicon))
         except Exception:  # retry pair by pair so one bad text fails only its pair
             log.warning("batch evidence failed; retrying %d pairs one by one", len(pairs), exc_info=True)
         out: list[Evidence | str] = []
         for pair in pairs:
             try:
-                out.append(compute_evidence(self.embedder, [pair])[0])
+                out.append(compute_evidence(self.embedder, [pair], self.lexicon)[0])
             except Exception as exc:  # becomes this pair's error judgment
                 out.append(f"embedding failed: {type(exc).__name__}: {exc}")
         return out
@@ -374,12 +414,8 @@ class EmbeddingTeacher:
         grade = self.model.grades(class_probs, scale)[0]
         probabilities = scale_probabilities(class_probs, self.model.classes, scale)[0]
         tags = failure_modes(evidence, pair, grade, self._policy.failure_modes, self.thresholds)
-        expected = sum(g * p for g, p in zip(scale, probabilities, strict=True))
-        headline = (
-            f"grade {grade} ({self._policy.level(grade).name}; expected grade {expected:.2f}, "
-            f"P={'/'.join(f'{p:.2f}' for p in probabilities)})"
-        )
-        text = rationale(evidence, pair, headline, tags)
+        headline = f"{grade} {self._policy.level(grade).name}"
+        text = rationale(evidence, pair, headline, tags, self.thresholds)
         return ok_judgment(
             request, self._policy, self._version, grade, tags, text, probabilities, latency_ms=ms
         )

@@ -1,16 +1,21 @@
-"""Evidence the embedding teacher grades on: embedding similarities and query-term coverage.
+"""Evidence the embedding teacher grades on: embedding similarities and lexical term evidence.
 
 For each (query, item) pair it measures, with MiniLM sentence embeddings (unit-norm, so the dot
 product is the cosine), how close the query is to the item's title, its category path, its
-product class, and to title and category together; and which of the query's content terms
-appear in the item's text. The numbers are both the classifier's features and what the
-rationale cites, so a grade can always be traced back to them.
+product class, and to title and category together, and how close the title is to the class.
+Lexically, with inverse document frequencies from the golden set's item texts (``Lexicon``), it
+measures how much of the query's weight the title, the class and the category cover, the BM25
+score of the title, whether the query's head term (its last content word: "end *table*") names
+the item's type, and how rare the rarest missing query term is. The numbers are both the
+classifier's features and what the rationale cites, so a grade can always be traced back to them.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,7 +34,17 @@ FEATURE_NAMES: tuple[str, ...] = (
     "cos_query_title_category",
     "query_terms_in_title",
     "query_terms_in_item",
+    "idf_coverage_title",
+    "idf_coverage_class",
+    "idf_coverage_category",
+    "bm25_title",
+    "head_term_match",
+    "rarest_missing_idf",
+    "cos_title_class",
 )
+#: BM25's usual constants (Robertson & Zaragoza 2009).
+BM25_K1 = 1.2
+BM25_B = 0.75
 
 
 def _words(text: str) -> frozenset[str]:
@@ -78,12 +93,61 @@ class PairText:
 
 
 @dataclass(frozen=True)
+class Lexicon:
+    """Document frequencies of item terms over a corpus (the golden set's items): the IDF weights
+    of the lexical evidence. Stored in the teacher artifact, so grading needs no corpus."""
+
+    documents: int
+    avg_title_terms: float
+    document_frequency: Mapping[str, int]
+
+    def idf(self, term: str) -> float:
+        """Smoothed IDF, ln((N+1)/(df+1)) + 1: an unseen term weighs the most."""
+        return math.log((self.documents + 1) / (self.document_frequency.get(term, 0) + 1)) + 1.0
+
+    def max_idf(self) -> float:
+        """The IDF of a term no document holds."""
+        return math.log(self.documents + 1) + 1.0
+
+    def to_json(self) -> dict[str, object]:
+        """The artifact's ``lexicon`` block (terms sorted: byte-reproducible)."""
+        frequencies = dict(sorted(self.document_frequency.items()))
+        return {"documents": self.documents, "avg_title_terms": self.avg_title_terms, "df": frequencies}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> Lexicon:
+        """Inverse of ``to_json``."""
+        frequencies = data["df"]
+        if not isinstance(frequencies, dict):
+            raise ValueError("lexicon.df must be an object")
+        documents, average = data["documents"], data["avg_title_terms"]
+        if not isinstance(documents, int) or not isinstance(average, (int, float)):
+            raise ValueError("lexicon.documents must be an integer and avg_title_terms a number")
+        return cls(documents, float(average), {str(t): int(n) for t, n in frequencies.items()})
+
+
+def build_lexicon(pairs: Sequence[PairText]) -> Lexicon:
+    """Document frequencies over the distinct items of ``pairs`` (title, class and category)."""
+    documents = {(p.title, p.category, p.product_class) for p in pairs}
+    frequency: Counter[str] = Counter()
+    for title, category, product_class in documents:
+        frequency.update(set(terms(title)) | set(terms(f"{category or ''} {product_class or ''}")))
+    lengths = [len(terms(title)) for title, _, _ in documents]
+    average = round(sum(lengths) / len(lengths), 6) if lengths else 1.0
+    return Lexicon(len(documents), average, dict(frequency))
+
+
+@dataclass(frozen=True)
 class Evidence:
-    """Measured evidence for one pair: the feature values and the query terms the item lacks."""
+    """Measured evidence for one pair: the feature values, the query terms the item lacks, the
+    query's head term (its last content word) and whether the title or class names it."""
 
     values: tuple[float, ...]
     missing_terms: tuple[str, ...]
     query_terms: tuple[str, ...]
+    head_term: str | None = None
+    head_found: bool = True
+    rarest_missing: str | None = None
 
     def __getitem__(self, name: str) -> float:
         return self.values[FEATURE_NAMES.index(name)]
@@ -115,7 +179,7 @@ def _texts(pair: PairText) -> tuple[str, str, str, str]:
     return pair.query, pair.title, category, pair.product_class or category
 
 
-def compute_evidence(embedder: Embedder, pairs: Sequence[PairText]) -> list[Evidence]:
+def compute_evidence(embedder: Embedder, pairs: Sequence[PairText], lexicon: Lexicon) -> list[Evidence]:
     """Evidence for every pair; each distinct text is embedded once (one embedder call)."""
     texts = [_texts(pair) for pair in pairs]
     unique = list(dict.fromkeys(text for group in texts for text in group))
@@ -123,11 +187,11 @@ def compute_evidence(embedder: Embedder, pairs: Sequence[PairText]) -> list[Evid
     if vectors.shape[0] != len(unique) or not np.all(np.isfinite(vectors)):
         raise ValueError("embedder returned a wrong-shaped or non-finite result")
     index = {text: row for row, text in enumerate(unique)}
-    return [_evidence(pair, group, vectors, index) for pair, group in zip(pairs, texts, strict=True)]
+    return [_evidence(pair, group, vectors, index, lexicon) for pair, group in zip(pairs, texts, strict=True)]
 
 
 def _evidence(
-    pair: PairText, group: tuple[str, str, str, str], vectors: F64, index: dict[str, int]
+    pair: PairText, group: tuple[str, str, str, str], vectors: F64, index: dict[str, int], lexicon: Lexicon
 ) -> Evidence:
     query, title, category, product_class = (vectors[index[text]] for text in group)
     both = title + category
@@ -142,11 +206,53 @@ def _evidence(
         float(query @ both),
         _coverage(query_terms, title_terms),
         _coverage(query_terms, item_terms),
+        *_lexical(pair, query_terms, lexicon),
+        float(vectors[index[group[1]]] @ product_class),
     )
     missing = tuple(term for term in query_terms if term not in item_terms)
+    head_term = query_terms[-1] if query_terms else None
     return Evidence(
-        values=tuple(round(v, 6) for v in values), missing_terms=missing, query_terms=tuple(query_terms)
+        values=tuple(round(v, 6) for v in values),
+        missing_terms=missing,
+        query_terms=tuple(query_terms),
+        head_term=head_term,
+        head_found=head_term is None or head_term in title_terms | set(terms(pair.product_class or "")),
+        rarest_missing=max(missing, key=lambda t: (lexicon.idf(t), t)) if missing else None,
     )
+
+
+def _lexical(pair: PairText, query_terms: Sequence[str], lexicon: Lexicon) -> tuple[float, ...]:
+    """IDF-weighted coverage of title, class and category; normalised BM25 of the title; head
+    term named by title or class; IDF of the rarest missing term over the largest possible IDF."""
+    title = terms(pair.title)
+    product_class, category = set(terms(pair.product_class or "")), set(terms(pair.category or ""))
+    weights = {term: lexicon.idf(term) for term in query_terms}
+    total = sum(weights.values())
+
+    def covered(found: set[str]) -> float:
+        return sum(w for t, w in weights.items() if t in found) / total if total else 1.0
+
+    head = query_terms[-1] if query_terms else None
+    head_match = 1.0 if head is None or head in set(title) | product_class else 0.0
+    missing = [w for t, w in weights.items() if t not in set(title) | product_class | category]
+    rarest = max(missing, default=0.0) / lexicon.max_idf()
+    return (
+        covered(set(title)),
+        covered(product_class),
+        covered(category),
+        _bm25(title, weights, lexicon) / (total or 1.0),
+        head_match,
+        rarest,
+    )
+
+
+def _bm25(title: Sequence[str], weights: Mapping[str, float], lexicon: Lexicon) -> float:
+    length_norm = 1 - BM25_B + BM25_B * len(title) / max(lexicon.avg_title_terms, 1e-9)
+    score = 0.0
+    for term, weight in weights.items():
+        count = title.count(term)
+        score += weight * count * (BM25_K1 + 1) / (count + BM25_K1 * length_norm)
+    return score
 
 
 def feature_matrix(evidence: Sequence[Evidence]) -> F64:
@@ -226,23 +332,64 @@ def _tail(path: str, parts: int = 2) -> str:
     return " / ".join(path.split(" / ")[-parts:])
 
 
-def rationale(evidence: Evidence, pair: PairText, headline: str, tags: Sequence[str]) -> str:
-    """One short paragraph citing the numbers behind the grade; ``headline`` states the grade."""
-    parts = [
-        f"{headline}: title '{_short(pair.title)}' vs query "
-        f"'{_short(pair.query, 80)}' similarity {evidence['cos_query_title']:.2f}",
-    ]
-    if pair.category:
-        parts.append(f"category '{_short(_tail(pair.category))}' {evidence['cos_query_category']:.2f}")
-    if pair.product_class:
-        parts.append(f"class '{_short(pair.product_class, 40)}' {evidence['cos_query_class']:.2f}")
-    n_terms = len(evidence.query_terms)
-    found = n_terms - len(evidence.missing_terms)
-    if evidence.missing_terms:
-        missing = ", ".join(f"'{t}'" for t in evidence.missing_terms[:5])
-        parts.append(f"query terms found {found}/{n_terms}, missing: {missing}")
-    elif n_terms:
-        parts.append(f"all {n_terms} query terms found")
-    if tags:
-        parts.append("tags: " + ", ".join(tags))
+def _quoted(words: Sequence[str]) -> str:
+    return ", ".join(f"'{w}'" for w in words[:3])
+
+
+def _type_sentence(evidence: Evidence, pair: PairText, thresholds: Mapping[str, float]) -> str:
+    """What is asked for, what the item is, and how the product types relate (the rubric's first
+    question)."""
+    head = evidence.head_term
+    kind = pair.product_class or _tail(pair.category or "-", 1)
+    item = f"the item is '{_short(pair.title, 50)}' (class {_short(kind, 40)})"
+    if head is None:
+        return f"the query names no product; {item}"
+    if head in _ATTRIBUTE_WORDS:
+        has = "has it" if evidence.head_found else "does not show it"
+        return f"the attribute '{head}' is asked for, no product type; {item}, which {has}"
+    if evidence.head_found:
+        verdict = "the product type matches"
+    elif evidence["cos_query_class"] >= thresholds["class"]:
+        verdict = "a related product type, not the one named"
+    elif evidence["cos_query_category"] >= thresholds["category"]:
+        verdict = "same department, but the product type differs"
+    else:
+        verdict = "a different department and product type"
+    return f"'{head}' is asked for; {item}: {verdict}"
+
+
+def _terms_sentence(evidence: Evidence) -> str:
+    """Which stated query terms the item lacks (the rubric's attribute question)."""
+    missing = list(evidence.missing_terms)
+    if not evidence.query_terms:
+        return ""
+    if not missing:
+        return "every query term appears in the title, class or category"
+    attributes = [t for t in missing if t in _ATTRIBUTE_WORDS or t.isdigit()]
+    others = [t for t in missing if t not in attributes]
+    parts = []
+    if attributes:
+        parts.append(f"the stated attribute {_quoted(attributes)} does not appear")
+    if others:
+        parts.append(f"{_quoted(others)} is missing from title and class")
     return "; ".join(parts)
+
+
+def rationale(
+    evidence: Evidence,
+    pair: PairText,
+    headline: str,
+    tags: Sequence[str],
+    thresholds: Mapping[str, float],
+) -> str:
+    """The grade in words tied to the rubric, then the numbers behind it; ``headline`` names the
+    grade ("Related"). E.g. "Related: 'table' is asked for; this is a Coffee Tables ('…'): a
+    related product type, not the one named; 'end' is missing from title and class …"."""
+    sentences = [_type_sentence(evidence, pair, thresholds), _terms_sentence(evidence)]
+    words = "; ".join(s for s in sentences if s)
+    numbers = (
+        f"similarity title {evidence['cos_query_title']:.2f}, class {evidence['cos_query_class']:.2f}, "
+        f"term weight covered {evidence['idf_coverage_title']:.2f}"
+    )
+    tagged = f"; tags: {', '.join(tags)}" if tags else ""
+    return f"{headline}: {words} ({numbers}){tagged}"

@@ -17,13 +17,14 @@ the golden set and Gate 2 scores them on it, so items become ``JudgeRequest`` s 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import Field, ValidationError
 
@@ -202,3 +203,23 @@ def format_report(report: GoldenReport, source: str) -> str:
 
 def _counts(counts: dict[Any, int]) -> str:
     return ", ".join(f"{key}: {n}" for key, n in counts.items()) or "-"
+
+
+def is_canary(item_id: str, policy: Policy) -> bool:
+    """Whether the golden item ``item_id`` belongs to the policy's canary split."""
+    split = policy.golden.canary
+    digest = hashlib.sha256(f"{split.salt}{item_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < split.share
+
+
+class GoldenSplit(NamedTuple):
+    """The items a teacher may be fitted on and the canary items it never is."""
+
+    fit: list[GoldenItem]
+    canaries: list[GoldenItem]
+
+
+def split_golden(items: Sequence[GoldenItem], policy: Policy) -> GoldenSplit:
+    """Split ``items`` by ``policy.golden.canary`` (order kept in both parts)."""
+    canaries = [item for item in items if is_canary(item.id, policy)]
+    return GoldenSplit([item for item in items if not is_canary(item.id, policy)], canaries)

@@ -13,6 +13,19 @@ Severity = Literal["page", "ticket"]
 AlertState = Literal["pending", "firing", "resolved"]
 
 
+class CorrectedFigure(StrictModel):
+    """A window's share corrected for the teacher's measured bias (docs/calibration.md): the
+    value and interval; ``not_identifiable`` when the teacher is too weak for this signal;
+    ``out_of_range`` when the raw share is beyond what the calibrated teacher can produce."""
+
+    status: Literal["corrected", "not_identifiable", "out_of_range"]
+    value: float | None = Field(default=None, ge=0.0, le=1.0)
+    lower: float | None = Field(default=None, ge=0.0, le=1.0)
+    upper: float | None = Field(default=None, ge=0.0, le=1.0)
+    #: Sensitivity + specificity - 1 of the teacher on this signal (0: its call says nothing).
+    youden: float = Field(ge=-1.0, le=1.0)
+
+
 class WindowFigure(StrictModel):
     """One window's estimate of the bad share, with its sample count and confidence bounds."""
 
@@ -25,6 +38,10 @@ class WindowFigure(StrictModel):
     lower: float = Field(ge=0.0, le=1.0)
     upper: float = Field(ge=0.0, le=1.0)
     threshold: float = Field(ge=0.0, le=1.0)
+    #: The bias-corrected share (None: no calibration covers the signal) and which estimate the
+    #: rule judged (its ``estimate``, or ``raw`` where no calibration exists).
+    corrected: CorrectedFigure | None = None
+    estimate: Literal["raw", "corrected"] = "raw"
 
 
 class FailureModeShare(StrictModel):
@@ -65,6 +82,9 @@ class Alert(StrictModel):
     top_failure_modes: Annotated[list[FailureModeShare], Field(max_length=16)] = Field(default_factory=list)
     examples: Annotated[list[AlertExample], Field(max_length=10)] = Field(default_factory=list)
     policy_version: Identifier
+    #: Which estimate the rule judged, and the teacher version whose calibration corrected it.
+    estimate: Literal["raw", "corrected"] = "raw"
+    calibration: Identifier | None = None
     #: A CUSUM rule's statistic at ``updated_at`` and the level it alarms at (absent otherwise).
     statistic: float | None = Field(default=None, ge=0.0)
     alarm_level: float | None = Field(default=None, gt=0.0)

@@ -153,6 +153,9 @@ class AlertRule(_PolicyModel):
     min_samples: int | None = Field(default=None, ge=1)
     cusum: Cusum | None = None
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    #: ``corrected``: judge the bias-corrected share (docs/calibration.md) where a calibration of
+    #: the running teacher exists, the raw one otherwise; ``raw``: the teacher's share as it is.
+    estimate: Literal["raw", "corrected"] = "raw"
     severity: Literal["page", "ticket"]
     pending_for: Duration | None = None
     resolve_for: Duration = "5m"
@@ -191,6 +194,13 @@ class AlertRule(_PolicyModel):
                 )
         if (self.signal == "failure_mode_share") != (self.failure_mode is not None):
             raise ValueError("failure_mode is required with signal failure_mode_share, and only with it")
+        if self.estimate == "corrected" and (
+            self.kind != "burn_rate" or self.signal not in ("filtered_share", "not_shown_share")
+        ):
+            raise ValueError(
+                "estimate: corrected needs kind burn_rate and signal filtered_share or not_shown_share "
+                "(the shares a calibration corrects)"
+            )
         return self
 
 
@@ -216,11 +226,21 @@ class Gates(_PolicyModel):
     gate2: Gate2Thresholds = Gate2Thresholds()
 
 
+class CanarySplit(_PolicyModel):
+    """The golden items kept out of fitting: a fitted teacher never sees them, so they can check
+    it live (``canaries``) and calibrate it as they are. An item is a canary when
+    sha256(salt + id) maps below ``share`` (stable as the file grows)."""
+
+    share: float = Field(default=0.0, ge=0.0, lt=1.0)
+    salt: ShortText = "canary"
+
+
 class GoldenSet(_PolicyModel):
     """The golden set the policy is measured against, and how imported labels map to grades."""
 
     file: Path
     label_map: dict[ShortText, int] = Field(default_factory=dict)
+    canary: CanarySplit = CanarySplit()
 
 
 class OpenAITeacher(_PolicyModel):

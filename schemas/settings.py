@@ -190,6 +190,9 @@ class Settings(BaseSettings):
 
     state_dir: Path = Path(".evalloop")
     policy_file: Path = Path("policies/product-search.yaml")
+    #: Teacher calibration records (``evalloop gate2`` writes them; the worker, status and the
+    #: backtest read the one matching the teacher version). See docs/calibration.md.
+    calibration_dir: Path = Path("artifacts/calibration")
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()
     ray: RaySettings = RaySettings()

@@ -14,11 +14,13 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, NamedTuple
 
-from schemas.alerts import Alert, AlertExample, FailureModeShare, WindowFigure
+from schemas.alerts import Alert, AlertExample, CorrectedFigure, FailureModeShare, WindowFigure
+from schemas.calibration import BINARY_SIGNALS
 from schemas.judgments import Judgment
 from schemas.policy import AlertRule, parse_duration
+from streams.correction import CorrectedShare, RawShare, WindowCorrector
 from streams.cusum import CusumDesign, bucket_design, update
 from streams.windows import RateEstimate, WindowStats, signal_rate, window_name
 
@@ -42,6 +44,16 @@ class WindowFigureData:
     threshold: float
     enough_samples: bool
     breaching: bool
+    #: The bias-corrected share (None without a calibration of this signal) and the estimate judged.
+    corrected: CorrectedShare | None = None
+    estimate: Literal["raw", "corrected"] = "raw"
+
+    @property
+    def point(self) -> float:
+        """The share the rule judged: the corrected value when it judged that, else the raw rate."""
+        if self.estimate == "corrected" and self.corrected is not None and self.corrected.value is not None:
+            return self.corrected.value
+        return self.rate
 
     def to_schema(self) -> WindowFigure:
         """As the alert payload's WindowFigure."""
@@ -55,7 +67,21 @@ class WindowFigureData:
             lower=self.lower,
             upper=self.upper,
             threshold=self.threshold,
+            corrected=_corrected_figure(self.corrected),
+            estimate=self.estimate,
         )
+
+
+def _corrected_figure(share: CorrectedShare | None) -> CorrectedFigure | None:
+    if share is None:
+        return None
+    return CorrectedFigure(
+        status=share.status,
+        value=share.value,
+        lower=share.lower,
+        upper=share.upper,
+        youden=min(max(share.youden, -1.0), 1.0),
+    )
 
 
 @dataclass(frozen=True)
@@ -67,6 +93,15 @@ class RuleEvaluation:
     figures: list[WindowFigureData]
     statistic: float | None = None
     alarm_level: float | None = None
+    #: The teacher version whose calibration corrected the figures (None: raw only).
+    calibration: str | None = None
+
+
+class Correction(NamedTuple):
+    """What a rule's figures are corrected with: the corrector and the category it applies to."""
+
+    corrector: WindowCorrector
+    category: str
 
 
 def required_windows(rule: AlertRule) -> list[int]:
@@ -75,10 +110,24 @@ def required_windows(rule: AlertRule) -> list[int]:
 
 
 def _figure(
-    name: str, role: Literal["long", "short"], stats: WindowStats, rule: AlertRule, threshold: float
+    name: str,
+    role: Literal["long", "short"],
+    stats: WindowStats,
+    rule: AlertRule,
+    threshold: float,
+    correction: Correction | None = None,
 ) -> WindowFigureData:
     estimate: RateEstimate = signal_rate(stats, rule)
+    corrected = _correct(estimate, rule, correction)
+    judged: Literal["raw", "corrected"] = (
+        "corrected" if rule.estimate == "corrected" and corrected is not None else "raw"
+    )
     enough = estimate.samples >= rule.required_samples
+    lower = estimate.lower
+    if judged == "corrected" and corrected is not None:
+        # A share the teacher cannot identify is no evidence either way: it holds the state.
+        enough = enough and corrected.status == "corrected"
+        lower = corrected.lower if corrected.lower is not None else 0.0
     return WindowFigureData(
         window=name,
         seconds=stats.window_s,
@@ -91,8 +140,17 @@ def _figure(
         upper=estimate.upper,
         threshold=threshold,
         enough_samples=enough,
-        breaching=enough and estimate.lower > threshold,
+        breaching=enough and lower > threshold,
+        corrected=corrected,
+        estimate=judged,
     )
+
+
+def _correct(estimate: RateEstimate, rule: AlertRule, correction: Correction | None) -> CorrectedShare | None:
+    if correction is None or rule.signal not in BINARY_SIGNALS:
+        return None
+    raw = RawShare(estimate.rate, estimate.lower, estimate.upper, estimate.samples)
+    return correction.corrector.correct(correction.category, rule.signal, raw, rule.confidence)
 
 
 def _stats(stats_by_window: Mapping[int, WindowStats], seconds: int, rule: AlertRule) -> WindowStats:
@@ -102,22 +160,30 @@ def _stats(stats_by_window: Mapping[int, WindowStats], seconds: int, rule: Alert
         raise KeyError(f"rule {rule.id} needs stats for the {seconds}s window") from None
 
 
-def evaluate_rule(rule: AlertRule, stats_by_window: Mapping[int, WindowStats]) -> RuleEvaluation:
-    """Evaluate ``rule`` against window stats keyed by window seconds (see ``required_windows``)."""
+def evaluate_rule(
+    rule: AlertRule, stats_by_window: Mapping[int, WindowStats], correction: Correction | None = None
+) -> RuleEvaluation:
+    """Evaluate ``rule`` against window stats keyed by window seconds (see ``required_windows``);
+    with ``correction``, figures carry corrected shares and a ``estimate: corrected`` rule judges them."""
     figures: list[WindowFigureData] = []
     breaching = False
     recovered = True
     for pair in rule.windows:
         threshold = rule.threshold * pair.factor
-        long = _figure(pair.long, "long", _stats(stats_by_window, pair.long_seconds, rule), rule, threshold)
-        short = _figure(
-            pair.short, "short", _stats(stats_by_window, pair.short_seconds, rule), rule, threshold
-        )
+        long_stats = _stats(stats_by_window, pair.long_seconds, rule)
+        long = _figure(pair.long, "long", long_stats, rule, threshold, correction)
+        short_stats = _stats(stats_by_window, pair.short_seconds, rule)
+        short = _figure(pair.short, "short", short_stats, rule, threshold, correction)
         figures += [long, short]
         breaching = breaching or (long.breaching and short.breaching)
         # A pair vouches for recovery only with enough recent evidence that the rate is back down.
-        recovered = recovered and short.enough_samples and short.rate <= threshold
-    return RuleEvaluation(breaching=breaching, recovered=recovered and not breaching, figures=figures)
+        recovered = recovered and short.enough_samples and short.point <= threshold
+    return RuleEvaluation(
+        breaching=breaching,
+        recovered=recovered and not breaching,
+        figures=figures,
+        calibration=correction.corrector.teacher_version if correction is not None else None,
+    )
 
 
 def cusum_design(rule: AlertRule, bucket_seconds: int) -> CusumDesign:
@@ -332,6 +398,8 @@ def build_alert(
         top_failure_modes=list(top_failure_modes)[:16],
         examples=list(examples)[:10],
         policy_version=policy_version,
+        estimate="corrected" if any(f.estimate == "corrected" for f in evaluation.figures) else "raw",
+        calibration=evaluation.calibration,
         statistic=evaluation.statistic,
         alarm_level=evaluation.alarm_level,
         started_at=state.started_at,

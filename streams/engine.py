@@ -31,6 +31,7 @@ from schemas.judgments import Judgment
 from schemas.policy import Policy
 from streams import pipeline
 from streams.alerting import AlertState, required_windows
+from streams.correction import WindowCorrector
 from streams.windows import WindowStats, bucket_start, counter_updates, merge_counts, stats_from_counters
 
 #: Buckets loaded ahead of a window's end when it needs a load (an hour of 5-minute buckets).
@@ -320,11 +321,14 @@ class AlertEngine:
         windows: pipeline.WindowStoreLike,
         states: pipeline.AlertStateStoreLike,
         examples: pipeline.RecentExamples | None = None,
+        corrector: WindowCorrector | None = None,
     ) -> None:
         self.policy = policy
         self.windows = windows
         self.states = states
         self.examples = examples
+        #: The running teacher's calibration; rules with ``estimate: corrected`` judge its shares.
+        self.corrector = corrector
         self.boundaries = 0
         self._rules: dict[str, list[pipeline.RuleWindows]] = {}
 
@@ -337,7 +341,7 @@ class AlertEngine:
         for point in points:
             at = pipeline.utc_from_epoch(point)
             alerts += pipeline.evaluate_alerts(
-                category, self.policy, self.windows, self.states, at, self.examples, rules
+                category, self.policy, self.windows, self.states, at, self.examples, rules, self.corrector
             )
             self.boundaries += 1
         return alerts

@@ -28,6 +28,7 @@ from schemas.judgments import Judgment
 from schemas.policy import AlertRule, Policy
 from streams.alerting import (
     AlertState,
+    Correction,
     Emit,
     RuleEvaluation,
     build_alert,
@@ -40,6 +41,7 @@ from streams.alerting import (
     top_failure_modes,
     transition,
 )
+from streams.correction import WindowCorrector
 from streams.deadletter import dead_letter, from_schema_error
 from streams.sampling import SampleDecision, Sampler
 from streams.watermark import PairedWatermarks, PartitionedWatermark
@@ -279,19 +281,22 @@ def evaluate_alerts(
     at: datetime,
     examples: RecentExamples | None = None,
     rules: Sequence[RuleWindows] | None = None,
+    corrector: WindowCorrector | None = None,
 ) -> list[Alert]:
     """Evaluate every rule of ``category`` at event time ``at`` (the watermark).
 
     Each window length is read once for all the rules that use it. State changes are stored
     with check-and-set; an Alert is returned only for a transition that emits (firing or
     resolved) and that this worker won, so two workers never announce the same one.
-    ``rules``: ``rule_windows(policy, category)``, when the caller keeps it.
+    ``rules``: ``rule_windows(policy, category)``, when the caller keeps it. ``corrector``: the
+    running teacher's calibration (figures carry corrected shares; see docs/calibration.md).
     """
     alerts: list[Alert] = []
     reader = _Reader(store, category, at, {})
+    correction = Correction(corrector, category) if corrector is not None else None
     for rule, windows in rules if rules is not None else rule_windows(policy, category):
         state = states.get(rule.id, category)
-        verdict = _verdict(rule, windows, state, reader)
+        verdict = _verdict(rule, windows, state, reader, correction)
         if verdict.new_state == state:
             continue
         stored = states.put(rule.id, category, verdict.new_state, state.version)
@@ -329,7 +334,13 @@ class Verdict(NamedTuple):
     widest: WindowStats
 
 
-def _verdict(rule: AlertRule, windows: Sequence[int], state: AlertState, reader: _Reader) -> Verdict:
+def _verdict(
+    rule: AlertRule,
+    windows: Sequence[int],
+    state: AlertState,
+    reader: _Reader,
+    correction: Correction | None = None,
+) -> Verdict:
     if rule.kind == "cusum":
         step_s = reader.store.bucket_seconds
         bucket = reader(step_s)  # the bucket that ends at this boundary
@@ -339,7 +350,7 @@ def _verdict(rule: AlertRule, windows: Sequence[int], state: AlertState, reader:
         moved = replace(step.new_state, statistic=statistic, statistic_through=reader.at)
         return Verdict(evaluation, moved, step.emit, bucket)
     stats = {window: reader(window) for window in windows}
-    evaluation = evaluate_rule(rule, stats)
+    evaluation = evaluate_rule(rule, stats, correction)
     step = transition(state, evaluation, reader.at, rule)
     return Verdict(evaluation, step.new_state, step.emit, stats[max(stats)])
 

@@ -26,9 +26,12 @@ the keys are being cleared could have an increment deleted after its seen-marker
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from schemas.alerts import Alert
@@ -38,9 +41,12 @@ from schemas.policy import Policy
 from schemas.settings import Settings
 from streams import pipeline
 from streams.alerting import AlertState, alert_id_for, incident_id_for
+from streams.correction import WindowCorrector, find_corrector
 from streams.engine import AlertEngine, CachedStates, EngineWindows
 from streams.evaluation import every_point
 from streams.kafka_reader import read_topic
+
+log = logging.getLogger(__name__)
 
 #: Judgments per ``WindowStore.apply`` call (the store chunks further into Lua calls of 500).
 APPLY_BATCH = 2000
@@ -135,6 +141,7 @@ def restore_alert_states(
     states: pipeline.AlertStateStoreLike,
     starts: dict[str, float],
     target: float,
+    corrector: WindowCorrector | None = None,
 ) -> Restored:
     """Evaluate every category's rules at each of its boundaries up to ``target`` through the
     ``AlertEngine``, storing state and discarding alerts (they were announced already).
@@ -143,7 +150,7 @@ def restore_alert_states(
     order because a window evaluated at boundary ``t`` reads only buckets that start before ``t``.
     ``starts``: each category's first judgment time.
     """
-    engine = AlertEngine(policy, windows, states)
+    engine = AlertEngine(policy, windows, states, corrector=corrector)
     through: dict[str, float] = {}
     for category in sorted(starts):
         points = every_point(None, starts[category], target, windows.bucket_seconds)
@@ -254,6 +261,17 @@ def apply_all(windows: Any, judgments: Sequence[Judgment]) -> int:
     return applied
 
 
+def _corrector(
+    directory: Path | None, judgments: Sequence[Judgment], policy: Policy
+) -> WindowCorrector | None:
+    versions = Counter(j.teacher_version for j in judgments if j.status == "ok")
+    if directory is None or not versions:
+        return None
+    corrector, message = find_corrector(directory, versions.most_common(1)[0][0], policy.version)
+    log.info("%s", message)
+    return corrector
+
+
 def rebuild(
     settings: Settings,
     policy: Policy,
@@ -262,8 +280,11 @@ def rebuild(
     ttl_seconds: int = 2 * 86400,
     allowed_lateness_s: float = 600.0,
     idle_timeout_s: float = 10.0,
+    calibration_dir: Path | None = None,
 ) -> RebuildCounts:
-    """Clear the run's Redis prefix and rebuild windows, alert states and the watermark."""
+    """Clear the run's Redis prefix and rebuild windows, alert states and the watermark.
+    Rules that judge corrected shares use the calibration (from ``calibration_dir``) of the
+    teacher version most judgments carry, as the live worker did."""
     from streams.status import LoopStateStore, redis_from_settings
     from streams.window_store import AlertStateStore, WindowStore
 
@@ -274,6 +295,7 @@ def rebuild(
     )
     alert_raws = read_topic(settings, settings.topics.alerts.name, idle_timeout_s)
     counts.alerts_on_topic = len(alert_raws)
+    corrector = _corrector(calibration_dir, judgments, policy)
     client = redis_from_settings(settings)
     try:
         prefix = settings.redis.key_prefix
@@ -290,7 +312,7 @@ def rebuild(
         through: dict[str, float] = {}
         if mark is not None:
             restored_marks = restore_alert_states(
-                policy, engine_windows, cached_states, first_seen(judgments), mark
+                policy, engine_windows, cached_states, first_seen(judgments), mark, corrector
             )
             through, counts.evaluations = restored_marks
         announced = last_alerts(alert_raws)

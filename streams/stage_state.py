@@ -67,6 +67,6 @@ class StageState:
             judgment_watermark=PairedWatermarks(lateness, topics.samples.partitions, idle),
             judgment_retention_s=float(c.stream.window_ttl_s),
             examples=examples,
-            engine=AlertEngine(c.policy, c.windows, c.alert_states, examples),
+            engine=AlertEngine(c.policy, c.windows, c.alert_states, examples, c.corrector),
             last_input_wall=c.clock(),
         )

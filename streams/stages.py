@@ -24,6 +24,7 @@ from schemas.retry import Backoff
 from schemas.settings import Settings
 from streams import pipeline
 from streams.config import StreamSettings
+from streams.correction import WindowCorrector
 from streams.deadletter import dead_letter
 from streams.engine import EngineWindows
 from streams.evaluation import (
@@ -90,6 +91,8 @@ class Components:
 
     #: Wall clock (epoch seconds) for the sampler's budget and the "too far ahead" check.
     wall_clock: Callable[[], float] = time.time
+    #: The running teacher's calibration (None: rules judge raw shares; docs/calibration.md).
+    corrector: WindowCorrector | None = None
 
     def __post_init__(self) -> None:
         #: What the stages remember between batches (streams.stage_state).

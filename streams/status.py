@@ -13,12 +13,14 @@ from typing import Any
 
 import redis
 
+from schemas.calibration import find_calibration
 from schemas.policy import Policy
 from schemas.settings import Settings
 from streams.alerting import AlertState
+from streams.correction import WindowCorrector, corrected_json, corrector_for, display_share
 from streams.pipeline import utc_from_epoch
 from streams.window_store import AlertStateStore, WindowStore
-from streams.windows import WindowStats, rate_from_counters, window_name
+from streams.windows import WindowStats, window_name
 
 _MAX_LUA = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
@@ -83,6 +85,15 @@ class LoopStateStore:
         """The latest judgment event time any worker applied."""
         return self._get_float(self.latest_key)
 
+    def set_teacher_version(self, version: str) -> None:
+        """The teacher version the worker checked at start-up (status loads its calibration)."""
+        self.redis.set(f"{self.prefix}:loop:teacher_version", version)
+
+    def teacher_version(self) -> str | None:
+        """The teacher version the last worker started with, if any."""
+        raw = self.redis.get(f"{self.prefix}:loop:teacher_version")
+        return raw.decode() if isinstance(raw, bytes) else raw
+
     def evaluated_through(self, categories: list[str]) -> dict[str, float | None]:
         """Each category's last evaluated boundary (None: never evaluated)."""
         if not categories:
@@ -100,33 +111,53 @@ class LoopStateStore:
         pipe.execute()
 
 
-def _share(stats: WindowStats, display: str) -> dict[str, float]:
-    weights = stats.counters.get(f"display_w:{display}", 0.0)
-    total = stats.weighted_samples
-    if total <= 0:
-        return {"share": 0.0, "lower": 0.0, "upper": 1.0}
-    # A display share is a "bad share" with one display counted as bad: reuse the weighted estimator.
-    estimate = rate_from_counters(
-        {
-            **stats.counters,
-            "display_w:filter": weights,
-            "display:filter": stats.counters.get(f"display:{display}", 0),
-        },
-        "filtered_share",
-        None,
-        0.95,
-    )
+#: Status share name → the calibration signal that corrects it.
+SHARE_SIGNALS = {"shown": "shown_share", "related": "related_share", "filtered": "filtered_share"}
+
+
+def _share(
+    stats: WindowStats, display: str, corrector: WindowCorrector | None, category: str
+) -> dict[str, Any]:
+    raw = display_share(stats, (display,), 0.95)
+    name = next(n for n, d in SHARES if d == display)
+    corrected = corrector.correct(category, SHARE_SIGNALS[name], raw, 0.95) if corrector else None
     return {
-        "share": round(estimate.rate, 4),
-        "lower": round(estimate.lower, 4),
-        "upper": round(estimate.upper, 4),
+        "share": round(raw.rate, 4),
+        "lower": round(raw.lower, 4),
+        "upper": round(raw.upper, 4),
+        "corrected": corrected_json(corrected),
+    }
+
+
+def _grade_mix(stats: WindowStats, corrector: WindowCorrector | None) -> dict[str, Any] | None:
+    if corrector is None or stats.samples == 0:
+        return None
+    mix = corrector.grade_mix(stats)
+    rounded = [
+        [None if v is None else round(v, 4) for v in values]
+        for values in (mix.corrected, mix.lower, mix.upper)
+    ]
+    return {
+        "grades": mix.grades,
+        "raw": [round(v, 4) for v in mix.raw],
+        "corrected": rounded[0],
+        "lower": rounded[1],
+        "upper": rounded[2],
+        "status": mix.status,
     }
 
 
 def category_status(
-    category: str, windows: WindowStore, states: AlertStateStore, policy: Policy, window_s: int, at: float
+    category: str,
+    windows: WindowStore,
+    states: AlertStateStore,
+    policy: Policy,
+    window_s: int,
+    at: float,
+    corrector: WindowCorrector | None = None,
 ) -> dict[str, Any]:
-    """One category's figures in the window ending at ``at``, plus each rule's alert state."""
+    """One category's figures in the window ending at ``at``, plus each rule's alert state; with
+    ``corrector``, each share's bias-corrected value and the corrected grade mix."""
     stats = windows.read(category, window_s, at)
     modes = sorted(stats.failure_modes().items(), key=lambda item: (-item[1], item[0]))[:5]
     alerts: dict[str, str] = {}
@@ -138,26 +169,46 @@ def category_status(
         "judged": stats.samples,
         "errors": stats.errors,
         "weighted": round(stats.weighted_samples, 2),
-        **{name: _share(stats, display) for name, display in SHARES},
+        **{name: _share(stats, display, corrector, category) for name, display in SHARES},
+        "grade_mix": _grade_mix(stats, corrector),
         "top_failure_modes": [{"failure_mode": mode, "count": count} for mode, count in modes if count > 0],
         "alerts": alerts,
     }
 
 
 def collect(
-    settings: Settings, policy: Policy, client: redis.Redis, window_s: int, bucket_seconds: int = 300
+    settings: Settings,
+    policy: Policy,
+    client: redis.Redis,
+    window_s: int,
+    bucket_seconds: int = 300,
 ) -> dict[str, Any]:
     """Every known category's status at the stored watermark: ``{"as_of": ISO event time or None,
-    "latest_event_time": ISO or None, "categories": {category: figures}}``."""
+    "latest_event_time": ISO or None, "calibration": {...}, "categories": {category: figures}}``.
+    The calibration is the one of the teacher version the worker started with."""
     prefix = settings.redis.key_prefix
     windows = WindowStore(client, prefix, bucket_seconds=bucket_seconds)
     states = AlertStateStore(client, prefix)
     loop_state = LoopStateStore(client, prefix)
     at, latest = loop_state.get_watermark(), loop_state.latest_event_time()
-    report: dict[str, Any] = {"as_of": _iso(at), "latest_event_time": _iso(latest), "categories": {}}
+    teacher_version = loop_state.teacher_version()
+    corrector, message = None, "no worker has recorded its teacher version: raw shares only"
+    if teacher_version is not None:
+        found = find_calibration(settings.calibration_dir, teacher_version, policy.version)
+        corrector, message = corrector_for(found.record), found.message
+    report: dict[str, Any] = {
+        "as_of": _iso(at),
+        "latest_event_time": _iso(latest),
+        "calibration": {
+            "teacher_version": teacher_version,
+            "corrected": corrector is not None,
+            "message": message,
+        },
+        "categories": {},
+    }
     if at is not None:
         report["categories"] = {
-            category: category_status(category, windows, states, policy, window_s, at)
+            category: category_status(category, windows, states, policy, window_s, at, corrector)
             for category in sorted(windows.categories())
         }
     return report
@@ -185,7 +236,8 @@ def render_table(report: dict[str, Any]) -> str:
         f"{'category':<30} {'judged':>6} {'err':>4} {'shown':>17} {'related':>17} {'filtered':>17}  alerts"
     )
     title = f"as of {report['as_of']} (event-time watermark; latest judgment {report['latest_event_time']})"
-    lines = [title, header, "-" * len(header)]
+    calibration = report.get("calibration") or {}
+    lines = [title, f"calibration: {calibration.get('message', 'none')}", header, "-" * len(header)]
     for category, row in rows.items():
         cells = [f"{row[n]['share']:.2f} [{row[n]['lower']:.2f},{row[n]['upper']:.2f}]" for n, _ in SHARES]
         modes = ", ".join(f"{m['failure_mode']}({m['count']})" for m in row["top_failure_modes"][:3])
@@ -194,9 +246,20 @@ def render_table(report: dict[str, Any]) -> str:
             + " ".join(f"{cell:>17}" for cell in cells)
             + f"  {_alert_cell(row)}"
         )
+        if calibration.get("corrected"):
+            fixed = [_corrected_cell(row[n].get("corrected")) for n, _ in SHARES]
+            lines.append(f"{'  corrected':<42}" + " ".join(f"{cell:>17}" for cell in fixed))
         if modes:
             lines.append(f"{'':<30} top failure modes: {modes}")
     return "\n".join(lines)
+
+
+def _corrected_cell(figure: dict[str, Any] | None) -> str:
+    if figure is None:
+        return "-"
+    if figure["status"] != "corrected":
+        return str(figure["status"]).replace("_", " ")
+    return f"{figure['value']:.2f} [{figure['lower']:.2f},{figure['upper']:.2f}]"
 
 
 def render_json(report: dict[str, Any]) -> str:

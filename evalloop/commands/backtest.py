@@ -96,7 +96,9 @@ def _print_table(summary: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> int:
     """Backtest and print the per-category shares and the alert timeline."""
     from judges.registry import build_teacher
+    from schemas.settings import load_settings
     from streams.config import StreamSettings
+    from streams.correction import find_corrector
 
     try:
         bucket_seconds = StreamSettings().bucket_seconds  # the worker's, so boundaries match live
@@ -106,7 +108,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"evalloop backtest: no such file: {args.file}", file=sys.stderr)
             return 2
         teacher = build_teacher(policy, args.teacher)
-        result = backtest(policy, teacher, args.file, degradation, bucket_seconds)
+        corrector, message = find_corrector(
+            load_settings().calibration_dir, teacher.teacher_version, policy.version
+        )
+        print(message, file=sys.stderr)
+        result = backtest(policy, teacher, args.file, degradation, bucket_seconds, corrector)
     except (PolicyError, ValueError, OSError) as error:
         print(f"evalloop backtest: {error}", file=sys.stderr)
         return 2

@@ -10,17 +10,21 @@ does not (or is undefined), 2 on bad input or a teacher that cannot start.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from judges.calibration import Graded, Source
+from judges.embedding_teacher import resolve_path
 from judges.gate2 import Gate2Report, GroupKappa, gate2_report
-from judges.golden import GoldenFormatError, check_golden, golden_requests, load_golden
+from judges.golden import GoldenFormatError, GoldenItem, check_golden, golden_requests, load_golden
 from judges.registry import backend_names, build_teacher
 from schemas.judgments import Judgment
-from schemas.policy import PolicyError, load_policy
+from schemas.policy import Policy, PolicyError, load_policy
 
 DEFAULT_POLICY = "policies/product-search.yaml"
 
@@ -44,6 +48,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--worst", type=_non_negative, default=10, help="disagreements to show (default 10)")
     p.add_argument("--batch-size", type=_positive, default=64, help="requests per judge() call (default 64)")
+    p.add_argument(
+        "--calibration-dir",
+        default=None,
+        help="where to write the teacher calibration record (default EVALLOOP_CALIBRATION_DIR or "
+        "artifacts/calibration); written only when scoring the policy's own golden file",
+    )
+    p.add_argument("--no-calibration", action="store_true", help="do not write a calibration record")
     p.set_defaults(func=run)
 
 
@@ -78,10 +89,76 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(out, ensure_ascii=False, allow_nan=False))
     else:
         print(format_report(report, str(golden_path), judge_seconds))
+    if not args.no_calibration:
+        print(write_calibration(args, policy, golden_path, items, judgments, teacher), file=sys.stderr)
     if not report.passed:
         print(f"evalloop gate2: {report.verdict}", file=sys.stderr)
         return 1
     return 0
+
+
+def write_calibration(
+    args: argparse.Namespace,
+    policy: Policy,
+    golden_path: Path,
+    items: Sequence[GoldenItem],
+    judgments: Sequence[Judgment],
+    teacher: object,
+) -> str:
+    """Write the teacher's calibration record; one line saying where (or why not)."""
+    from judges.calibration import build_calibration
+    from schemas.calibration import dump_calibration, file_name
+    from schemas.settings import load_settings
+
+    if golden_path.resolve() != resolve_path(policy.golden.file).resolve():
+        return (
+            f"calibration: not written: {golden_path} is not the policy's golden file "
+            f"({policy.golden.file}); only golden labels may calibrate a teacher"
+        )
+    raw = golden_path.read_bytes()
+    try:
+        graded, source = calibration_grades(items, judgments, teacher, raw)
+    except ValueError as exc:
+        return f"calibration: not written: {exc}"
+    version = judgments[0].teacher_version if judgments else "unknown"
+    golden = (str(policy.golden.file), hashlib.sha256(raw).hexdigest())
+    record = build_calibration(graded, policy, version, source, golden, args.bootstrap, args.seed)
+    directory = Path(args.calibration_dir) if args.calibration_dir else load_settings().calibration_dir
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / file_name(record.teacher_version, record.policy_version)
+    path.write_text(dump_calibration(record), encoding="utf-8")
+    filtered = record.signals["filtered_share"]
+    return (
+        f"calibration: wrote {path} ({record.source}, {record.n} pairs, {record.queries} queries; "
+        f"filtered share: sensitivity {filtered.sensitivity:.3f}, specificity {filtered.specificity:.3f})"
+    )
+
+
+def calibration_grades(
+    items: Sequence[GoldenItem], judgments: Sequence[Judgment], teacher: object, golden_bytes: bytes
+) -> tuple[list[Graded], Source]:
+    """The grades a calibration may use: a fitted teacher's out-of-fold grades on the items it
+    was fitted on and its own grades on the canary items it never saw; any other teacher's
+    grades as they are. Error judgments are left out."""
+    graded = {
+        item.id: Graded(item, int(j.grade))
+        for item, j in zip(items, judgments, strict=True)
+        if j.status == "ok" and j.grade is not None
+    }
+    artifact = getattr(teacher, "artifact", None)
+    if not isinstance(artifact, dict):
+        return list(graded.values()), Source("as_is", "the teacher's grades on the golden set")
+    if artifact["fitted_on"]["sha256"] != hashlib.sha256(golden_bytes).hexdigest():
+        raise ValueError("the teacher was fitted on another version of the golden file; refit it first")
+    out_of_fold: dict[str, int] = artifact["cv"]["out_of_fold"]
+    for item in items:
+        if item.id in out_of_fold:
+            graded[item.id] = Graded(item, out_of_fold[item.id])
+    method = (
+        f"{artifact['cv']['method']}: out-of-fold grades for the {len(out_of_fold)} fitted items; "
+        f"the teacher's own grades for the {len(items) - len(out_of_fold)} canary items it never saw"
+    )
+    return [graded[item.id] for item in items if item.id in graded], Source("out_of_fold", method)
 
 
 def format_report(report: Gate2Report, source: str, seconds: float) -> str:

@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     counts = rebuild(
         settings,
         policy,
+        calibration_dir=settings.calibration_dir,
         bucket_seconds=stream.bucket_seconds,
         ttl_seconds=stream.window_ttl_s,
         allowed_lateness_s=stream.allowed_lateness_s,

@@ -7,9 +7,12 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from streams.correction import WindowCorrector
 
 log = logging.getLogger("evalloop.worker")
 
@@ -76,6 +79,7 @@ def build(policy_path: Path | None = None, allow_policy_version_bump: bool = Fal
         "teacher %s at %s grades for policy %s", info.get("teacher_version"), url, info.get("policy_version")
     )
     prefix = settings.redis.key_prefix
+    corrector = calibration_for(settings.calibration_dir, str(info.get("teacher_version")), policy.version)
     breaker = CircuitBreaker(stream.breaker_failures, stream.breaker_cooldown_s)
     teacher = ServeTeacherClient(
         url,
@@ -88,6 +92,7 @@ def build(policy_path: Path | None = None, allow_policy_version_bump: bool = Fal
         policy=policy,
     )
     loop_state = LoopStateStore(client, prefix)
+    loop_state.set_teacher_version(str(info.get("teacher_version")))
     components = Components(
         settings=settings,
         stream=stream,
@@ -103,8 +108,19 @@ def build(policy_path: Path | None = None, allow_policy_version_bump: bool = Fal
         webhooks=webhooks,
         webhook_sender=HttpxWebhookSender(httpx.Client()) if webhooks else None,
         loop_state=loop_state,
+        corrector=corrector,
     )
     return create_app(components)
+
+
+def calibration_for(directory: Path, teacher_version: str, policy_version: str) -> WindowCorrector | None:
+    """The teacher's calibration as a corrector, saying at start-up which one (or warning: none)."""
+    from schemas.calibration import find_calibration
+    from streams.correction import corrector_for
+
+    found = find_calibration(directory, teacher_version, policy_version)
+    (log.info if found.record is not None else log.warning)("%s", found.message)
+    return corrector_for(found.record)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -63,7 +63,7 @@ def test_a_teacher_of_another_policy_is_refused_in_one_line(run: LiveRun, tmp_pa
     code, err = _worker(run, {"EVALLOOP_POLICY_FILE": str(bumped)})
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1, err
-    assert "product-search-2026.11.1" in lines[0] and "--allow-policy-version-bump" in lines[0]
+    assert "product-search-2026.11.2" in lines[0] and "--allow-policy-version-bump" in lines[0]
     renamed = _policy_variant(tmp_path, name="job-matching", version="job-matching-2026.12.1")
     code, err = _worker(run, {"EVALLOOP_POLICY_FILE": str(renamed)}, ("--allow-policy-version-bump",))
     assert code == 2 and "policy_name 'product-search'" in err and len(err.strip().splitlines()) == 1

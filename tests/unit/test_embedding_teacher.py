@@ -22,7 +22,17 @@ from judges.embedding_teacher import (
     load_artifact,
     teacher_version_of,
 )
-from judges.features import FEATURE_NAMES, Evidence, PairText, failure_modes, terms
+from judges.features import (
+    FEATURE_NAMES,
+    Evidence,
+    Lexicon,
+    PairText,
+    build_lexicon,
+    compute_evidence,
+    failure_modes,
+    rationale,
+    terms,
+)
 from judges.golden import GoldenItem, golden_requests, load_golden
 from judges.minilm import MiniLMEmbedder
 from judges.registry import BACKENDS, build_teacher
@@ -94,8 +104,9 @@ def test_judgments_are_valid(teacher: EmbeddingTeacher, policy: Policy, golden: 
         assert sum(judgment.grade_probabilities) == pytest.approx(1.0, abs=1e-6)
         for mode in judgment.failure_modes:
             assert judgment.grade is not None and judgment.grade <= max_grade[mode]
-        assert f"grade {judgment.grade}" in judgment.rationale
-        assert "similarity 0." in judgment.rationale or "similarity 1." in judgment.rationale
+        assert judgment.grade is not None
+        assert judgment.rationale.startswith(f"{judgment.grade} {policy.level(judgment.grade).name}: ")
+        assert "(similarity title " in judgment.rationale and " is asked for" in judgment.rationale
         assert len(judgment.rationale) <= policy.teacher.rationale_max_chars
     # Same pair, same teacher, same policy: the same judgment id (the windows' idempotency key).
     assert teacher.judge(requests[:1])[0].judgment_id == judgments[0].judgment_id
@@ -138,7 +149,8 @@ def test_failing_pairs_become_error_judgments(
 def test_grading_faults_become_error_judgments(teacher: EmbeddingTeacher, golden: list[GoldenItem]) -> None:
     broken = EmbeddingTeacher.__new__(EmbeddingTeacher)
     broken.__dict__.update(teacher.__dict__)
-    spec = dict(teacher.artifact["model"], coef=[[float("nan")] * len(FEATURE_NAMES)] * 2)
+    rows = len(teacher.artifact["model"]["coef"])
+    spec = dict(teacher.artifact["model"], coef=[[float("nan")] * len(FEATURE_NAMES)] * rows)
     broken.model = OrdinalModel(spec)
     judgment = broken.judge(golden_requests(golden[:1]))[0]
     assert judgment.status == "error" and "non-finite" in (judgment.error or "")
@@ -233,10 +245,110 @@ def test_terms(text: str, expected: list[str]) -> None:
 
 def test_registry(policy: Policy, embedder: MiniLMEmbedder) -> None:
     teacher = build_teacher(policy, "embedding", embedder=embedder)
-    assert isinstance(teacher, Teacher) and teacher.teacher_version.startswith("embedding-v1:")
+    assert isinstance(teacher, Teacher) and teacher.teacher_version.startswith("embedding-v2:")
     assert build_teacher(policy, embedder=embedder).teacher_version == teacher.teacher_version
     assert build_teacher(policy, "noop").teacher_version  # other backends load lazily by name
     with pytest.raises(ValueError) as error:
         build_teacher(policy, "nope")
     for name in BACKENDS:
         assert name in str(error.value)
+
+
+class BagOfWordsEmbedder:
+    """A deterministic stand-in: one dimension per vocabulary word, unit-normalised."""
+
+    model_id = "bag-of-words@test"
+    vocabulary = ("oak", "end", "coffee", "table", "tables", "bed", "faucet", "kitchen", "furniture")
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        rows = np.array(
+            [[1.0 + 0.0 * len(t)] + [float(w in t.lower().split()) for w in self.vocabulary] for t in texts],
+            dtype=np.float32,
+        )
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+LEXICON_PAIRS = [
+    PairText("x", "oak coffee table", "Furniture / Living Room / Coffee Tables", "Coffee Tables"),
+    PairText("x", "walnut end table", "Furniture / Living Room / End Tables", "End Tables"),
+    PairText("x", "oak bed", "Furniture / Bedroom / Beds", "Beds"),
+]
+
+
+def test_lexicon_weights_rare_terms_and_round_trips() -> None:
+    lexicon = build_lexicon(LEXICON_PAIRS)
+    assert lexicon.documents == 3
+    assert lexicon.idf("walnut") > lexicon.idf("oak") > lexicon.idf("furniture")
+    assert lexicon.idf("never-seen") == pytest.approx(lexicon.max_idf())
+    assert Lexicon.from_json(json.loads(json.dumps(lexicon.to_json()))) == lexicon
+
+
+@pytest.mark.parametrize(
+    ("query", "title", "product_class", "expected"),
+    [
+        # IDF coverage of title / class, head term named, rarest missing term
+        ("oak end table", "oak coffee table", "Coffee Tables", {"head_term_match": 1.0, "rarest": "end"}),
+        ("walnut bed", "oak bed", "Beds", {"head_term_match": 1.0, "rarest": "walnut"}),
+        ("kitchen faucet", "oak bed", "Beds", {"head_term_match": 0.0, "rarest": "kitchen"}),
+        ("oak table", "oak coffee table", "Coffee Tables", {"head_term_match": 1.0, "rarest": None}),
+    ],
+)
+def test_lexical_evidence(query: str, title: str, product_class: str, expected: dict[str, object]) -> None:
+    lexicon = build_lexicon(LEXICON_PAIRS)
+    pair = PairText(query, title, "Furniture / Living Room", product_class)
+    found = compute_evidence(BagOfWordsEmbedder(), [pair], lexicon)[0]
+    weights = {t: lexicon.idf(t) for t in terms(query)}
+    in_title = sum(w for t, w in weights.items() if t in terms(title)) / sum(weights.values())
+    assert found["idf_coverage_title"] == pytest.approx(in_title, abs=1e-6)
+    assert found["head_term_match"] == expected["head_term_match"]
+    assert found.rarest_missing == expected["rarest"]
+    rarest = expected["rarest"]
+    assert found["rarest_missing_idf"] == pytest.approx(
+        lexicon.idf(str(rarest)) / lexicon.max_idf() if rarest else 0.0, abs=1e-6
+    )
+    assert found["bm25_title"] >= 0.0 and -1.0 <= found["cos_title_class"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("query", "title", "product_class", "values", "says"),
+    [
+        (
+            "oak end table",
+            "oak coffee table",
+            "Coffee Tables",
+            {},
+            ["'table' is asked for", "product type matches", "'end' is missing"],
+        ),
+        (
+            "end table",
+            "oak bed",
+            "Beds",
+            {"cos_query_class": 0.5},
+            ["related product type, not the one named"],
+        ),
+        ("end table", "oak bed", "Beds", SAME_DEPT, ["same department, but the product type differs"]),
+        ("end table", "kitchen faucet", "Faucets", LOW, ["a different department and product type"]),
+        ("king bed", "queen bed", "Beds", {}, ["the stated attribute 'king' does not appear"]),
+        ("industrial", "oak bed", "Beds", {}, ["the attribute 'industrial' is asked for, no product type"]),
+    ],
+)
+def test_rationale_says_why_in_the_rubrics_words(
+    query: str, title: str, product_class: str, values: dict[str, float], says: list[str]
+) -> None:
+    lexicon = build_lexicon(LEXICON_PAIRS)
+    pair = PairText(query, title, None, product_class)
+    measured = compute_evidence(BagOfWordsEmbedder(), [pair], lexicon)[0]
+    base = dict(zip(FEATURE_NAMES, measured.values, strict=True))
+    base.update(values)
+    found = Evidence(
+        tuple(base[n] for n in FEATURE_NAMES),
+        measured.missing_terms,
+        measured.query_terms,
+        measured.head_term,
+        measured.head_found,
+        measured.rarest_missing,
+    )
+    text = rationale(found, pair, "2 Related", [], THRESHOLDS)
+    assert text.startswith("2 Related: ")
+    for phrase in says:
+        assert phrase in text

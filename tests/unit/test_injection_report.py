@@ -170,7 +170,7 @@ def test_containment_failures_set_exit_status_1(policy: Policy, holdout: list[Go
 
 def test_embedding_teacher_report_runs(embedding_teacher: Teacher, holdout: list[GoldenItem]) -> None:
     report = run_report(embedding_teacher, spread(holdout, 8), "holdout")
-    assert report.teacher_version.startswith("embedding-v1:")
+    assert report.teacher_version.startswith("embedding-v2:")
     assert all(row.pairs == 8 and row.errors == 0 for row in report.rows)
     assert exit_status(report) == EXIT_OK
     for row in report.rows:

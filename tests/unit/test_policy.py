@@ -34,8 +34,15 @@ def test_shipped_policy_loads() -> None:
         "wrong-type-ticket",
         "teacher-errors",
     }
-    assert "filtered-share-burn-hardware" in {r.id for r in policy.rules_for("Home Improvement & Lighting")}
-    assert "filtered-share-burn" not in {r.id for r in policy.rules_for("Home Improvement & Lighting")}
+    # One page rule for every category, on the bias-corrected share (docs/calibration.md).
+    assert {r.id for r in policy.rules_for("Home Improvement & Lighting")} == {
+        "filtered-share-burn",
+        "wrong-type-ticket",
+        "teacher-errors",
+    }
+    page = next(r for r in policy.alerts if r.id == "filtered-share-burn")
+    assert page.estimate == "corrected" and page.categories is None
+    assert policy.golden.canary.share > 0
 
 
 def _set(path: str, value: Any) -> Any:
@@ -100,7 +107,7 @@ def test_parse_duration_rejects(text: str) -> None:
 
 def test_policy_check_cli(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["policy", "check", str(POLICY_FILE)]) == 0
-    assert "product-search-2026.11.1: OK" in capsys.readouterr().out
+    assert "product-search-2026.11.2: OK" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(_mutate(_set("alerts.0.threshold", 1.5))), encoding="utf-8")
     assert main(["policy", "check", str(bad)]) == 1

@@ -389,8 +389,9 @@ def test_status_says_what_it_is_as_of_and_when_a_firing_rule_has_no_data() -> No
     }
     lines = render_table(report).splitlines()
     assert lines[0].startswith("as of 2024-06-01T06:45:00+00:00") and "06:38:01" in lines[0]
-    assert lines[3].endswith("filtered-share-burn (no data)")
-    assert lines[4].endswith("ok")
+    assert lines[1] == "calibration: none"
+    assert lines[4].endswith("filtered-share-burn (no data)")
+    assert lines[5].endswith("ok")
     assert (
         render_table({"as_of": None, "latest_event_time": None, "categories": {}})
         == "no judgments aggregated yet"
