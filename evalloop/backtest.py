@@ -14,14 +14,17 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from judges.base import JudgeRequest, Teacher, requests_from_sample
 from schemas.alerts import Alert
 from schemas.base import SchemaError
 from schemas.events import RecommendationEvent, parse_event
-from schemas.judgments import Judgment
+from schemas.golden import GoldenItem, load_canaries
+from schemas.judgments import CanaryTag, Judgment
 from schemas.policy import Policy
 from streams import pipeline
+from streams.canary import canary_samples, tag_canary
 from streams.correction import WindowCorrector
 from streams.engine import AlertEngine, EngineWindows
 from streams.evaluation import close_out_point
@@ -126,15 +129,35 @@ def judge_all(teacher: Teacher, requests: Sequence[JudgeRequest]) -> list[Judgme
 
 def sample_requests(policy: Policy, events: Iterable[RecommendationEvent]) -> tuple[list[JudgeRequest], int]:
     """The pairs the loop would send to the teacher (sampling on event time, deterministic)."""
+    pairs = sample_pairs(policy, events)
+    return pairs.requests, pairs.sampled
+
+
+class SampledPairs(NamedTuple):
+    """The pairs to judge, each one's canary tag (None: production) and the sampled event count."""
+
+    requests: list[JudgeRequest]
+    tags: list[CanaryTag | None]
+    sampled: int
+
+
+def sample_pairs(
+    policy: Policy, events: Iterable[RecommendationEvent], canaries: Sequence[GoldenItem] = ()
+) -> SampledPairs:
+    """What the sample stage sends: each sampled event's pairs, then its canary if it has one."""
     sampler = Sampler(policy)
-    requests: list[JudgeRequest] = []
-    sampled = 0
+    out = SampledPairs([], [], 0)
+    limit = policy.sampling.max_items_per_event
     for event in events:
         outcome = pipeline.sample(event, sampler, event.event_time.timestamp())
-        if outcome.sample is not None:
-            sampled += 1
-            requests += requests_from_sample(outcome.sample, policy.sampling.max_items_per_event)
-    return requests, sampled
+        if outcome.sample is None:
+            continue
+        for chosen in (outcome.sample, *canary_samples(outcome.sample, canaries, policy)):
+            pairs = requests_from_sample(chosen, limit)
+            out.requests.extend(pairs)
+            out.tags.extend([chosen.canary] * len(pairs))
+        out = out._replace(sampled=out.sampled + 1)
+    return out
 
 
 def replay_alerts(
@@ -182,17 +205,20 @@ def backtest(
     degradation: Degradation | None = None,
     bucket_seconds: int = DEFAULT_BUCKET_SECONDS,
     corrector: WindowCorrector | None = None,
+    canaries: Sequence[GoldenItem] | None = None,
 ) -> BacktestResult:
     """Run the whole offline loop over ``path`` (``bucket_seconds``: the worker's, from
     ``StreamSettings``, so the backtest evaluates the boundaries the live loop does;
-    ``corrector``: the teacher's calibration, as the live worker loads it)."""
+    ``corrector``: the teacher's calibration, as the live worker loads it; ``canaries``: the
+    golden canary split, by default the policy's, sent as the live sample stage sends them)."""
     events, invalid = load_events(path, degradation)
-    requests, sampled = sample_requests(policy, events)
-    judgments = judge_all(teacher, requests)
+    pairs = sample_pairs(policy, events, load_canaries(policy) if canaries is None else canaries)
+    judged = judge_all(teacher, pairs.requests)
+    judgments = [tag_canary(j, tag) for j, tag in zip(judged, pairs.tags, strict=True)]
     result = BacktestResult(
         events=len(events),
         invalid=invalid,
-        sampled=sampled,
+        sampled=pairs.sampled,
         judgments=judgments,
         windows=BucketWindowStore(bucket_seconds),
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from judges.agreement import Rating
-from judges.jsonl import iter_objects, load_jsonl, require_some
+from schemas.jsonl import iter_objects, load_jsonl, require_some
 
 REQUIRED_FIELDS = ("item_id", "rater_id", "label")
 

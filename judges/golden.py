@@ -17,76 +17,40 @@ the golden set and Gate 2 scores them on it, so items become ``JudgeRequest`` s 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Annotated, Any, NamedTuple
-
-from pydantic import Field, ValidationError
+from typing import Any
 
 from judges.base import JudgeRequest
-from judges.jsonl import iter_objects, load_jsonl, require_some
-from schemas.base import Attributes, Identifier, ShortText, StrictModel, describe_validation_error
 from schemas.events import Item
+from schemas.golden import (
+    GoldenFormatError,
+    GoldenItem,
+    GoldenProduct,
+    GoldenSplit,
+    is_canary,
+    load_golden,
+    parse_golden,
+    split_golden,
+)
 from schemas.policy import Policy
+
+__all__ = [
+    "GoldenFormatError",
+    "GoldenItem",
+    "GoldenProduct",
+    "GoldenSplit",
+    "is_canary",
+    "load_golden",
+    "parse_golden",
+    "split_golden",
+]
 
 #: Golden pairs have no real event time; a fixed one keeps judgment ids and output reproducible.
 GOLDEN_EVENT_TIME = datetime(2024, 6, 1, tzinfo=UTC)
-
-Text = Annotated[str, Field(min_length=1, max_length=2000)]
-
-
-class GoldenProduct(StrictModel):
-    """The item as a rater saw it: title, category path and attributes."""
-
-    item_id: Identifier
-    title: Text
-    category: Annotated[str, Field(max_length=500)] | None = None
-    description: Annotated[str, Field(max_length=8000)] | None = None
-    attributes: Attributes = Field(default_factory=dict)
-
-
-class GoldenItem(StrictModel):
-    """One labelled (query, item) pair. ``grade`` is on the policy scale (checked by check_golden)."""
-
-    id: Identifier
-    query: Text
-    item: GoldenProduct
-    #: Coarse category the pair is reported under (per-category kappa).
-    category: ShortText
-    grade: int
-    label: ShortText | None = None
-    reason: Annotated[str, Field(max_length=2000)] = ""
-    #: True when the label was imported from a dataset that publishes no reasons.
-    reason_imported: bool = False
-    policy_version: Identifier
-
-
-class GoldenFormatError(ValueError):
-    """A golden file that cannot be parsed; the message names the file and 1-based line."""
-
-
-def load_golden(path: str | Path) -> list[GoldenItem]:
-    """Read every item of the golden JSONL file; raise GoldenFormatError on any bad line."""
-    return load_jsonl(path, GoldenFormatError, "golden", parse_golden)
-
-
-def parse_golden(lines: Iterable[str], source: str = "<golden>") -> list[GoldenItem]:
-    """Parse JSONL lines (blank lines skipped) into golden items."""
-    items = [_item(record, where) for where, record in iter_objects(lines, source, GoldenFormatError)]
-    return require_some(items, source, GoldenFormatError, "golden items")
-
-
-def _item(record: dict[str, Any], where: str) -> GoldenItem:
-    try:
-        # strict=False: JSON has no tuples and ints arrive as ints; nothing else is coerced here.
-        return GoldenItem.model_validate(record, strict=False)
-    except ValidationError as exc:
-        raise GoldenFormatError(f"{where}: {describe_validation_error(exc)}") from None
 
 
 def dump_golden(items: Sequence[GoldenItem]) -> str:
@@ -203,23 +167,3 @@ def format_report(report: GoldenReport, source: str) -> str:
 
 def _counts(counts: dict[Any, int]) -> str:
     return ", ".join(f"{key}: {n}" for key, n in counts.items()) or "-"
-
-
-def is_canary(item_id: str, policy: Policy) -> bool:
-    """Whether the golden item ``item_id`` belongs to the policy's canary split."""
-    split = policy.golden.canary
-    digest = hashlib.sha256(f"{split.salt}{item_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < split.share
-
-
-class GoldenSplit(NamedTuple):
-    """The items a teacher may be fitted on and the canary items it never is."""
-
-    fit: list[GoldenItem]
-    canaries: list[GoldenItem]
-
-
-def split_golden(items: Sequence[GoldenItem], policy: Policy) -> GoldenSplit:
-    """Split ``items`` by ``policy.golden.canary`` (order kept in both parts)."""
-    canaries = [item for item in items if is_canary(item.id, policy)]
-    return GoldenSplit([item for item in items if not is_canary(item.id, policy)], canaries)

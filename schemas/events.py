@@ -18,6 +18,7 @@ from schemas.base import (
     Timestamp,
     describe_validation_error,
 )
+from schemas.judgments import CanaryTag
 
 #: Largest accepted event on the wire; bigger payloads go to the dead-letter topic unparsed.
 MAX_EVENT_BYTES = 256 * 1024
@@ -114,6 +115,8 @@ class Sample(StrictModel):
     event: RecommendationEvent
     inclusion_probability: float = Field(gt=0.0, le=1.0)
     policy_version: Identifier
+    #: Set when the event is a golden canary built by the sample stage (docs/canaries.md).
+    canary: CanaryTag | None = None
 
 
 class JudgeRequest(StrictModel):

@@ -24,6 +24,28 @@ def judgment_id_for(event_id: str, item_id: str, policy_version: str, teacher_ve
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
 
 
+#: Canary judgments are windowed under this prefix + the teacher version, apart from production.
+CANARY_CATEGORY_PREFIX = "canary:"
+
+
+def canary_category(teacher_version: str) -> str:
+    """The windows category a teacher version's canary judgments roll up under."""
+    return f"{CANARY_CATEGORY_PREFIX}{teacher_version}"[:200]
+
+
+def is_canary_category(category: str) -> bool:
+    """Whether ``category`` holds canaries (not a production category)."""
+    return category.startswith(CANARY_CATEGORY_PREFIX)
+
+
+class CanaryTag(StrictModel):
+    """Marks a sample or judgment as a golden canary: which golden item, its grade and category."""
+
+    golden_id: Identifier
+    golden_grade: int = Field(ge=0, le=10)
+    golden_category: ShortText
+
+
 class Judgment(StrictModel):
     """The teacher's grade of one recommended item, or the reason it could not grade it."""
 
@@ -48,6 +70,9 @@ class Judgment(StrictModel):
     inclusion_probability: float = Field(default=1.0, gt=0.0, le=1.0)
     judged_at: Timestamp
     latency_ms: float | None = Field(default=None, ge=0.0)
+    #: Set on golden canaries (docs/canaries.md): they roll up under ``canary_category`` only,
+    #: never into production windows or exports.
+    canary: CanaryTag | None = None
 
     @model_validator(mode="after")
     def _status_consistent(self) -> Judgment:

@@ -117,7 +117,11 @@ class BurnWindow(_PolicyModel):
         return parse_duration(self.short)
 
 
-Signal = Literal["filtered_share", "not_shown_share", "failure_mode_share", "error_share"]
+Signal = Literal[
+    "filtered_share", "not_shown_share", "failure_mode_share", "error_share", "canary_weighted_kappa"
+]
+#: Windows categories of golden canaries start with this (schemas.judgments.canary_category).
+CANARY_PREFIX = "canary:"
 
 
 class Cusum(_PolicyModel):
@@ -145,7 +149,7 @@ class AlertRule(_PolicyModel):
 
     id: Identifier
     description: str = ""
-    kind: Literal["burn_rate", "cusum"] = "burn_rate"
+    kind: Literal["burn_rate", "cusum", "teacher_health"] = "burn_rate"
     signal: Signal
     failure_mode: Identifier | None = None
     threshold: float = Field(gt=0.0, lt=1.0)
@@ -168,8 +172,12 @@ class AlertRule(_PolicyModel):
 
     @model_validator(mode="after")
     def _kind_complete(self) -> AlertRule:
-        if self.kind == "burn_rate" and (not self.windows or self.min_samples is None):
-            raise ValueError("a burn_rate rule needs windows (at least one pair) and min_samples")
+        if self.kind in ("burn_rate", "teacher_health") and (not self.windows or self.min_samples is None):
+            raise ValueError(f"a {self.kind} rule needs windows (at least one pair) and min_samples")
+        if (self.kind == "teacher_health") != (self.signal == "canary_weighted_kappa"):
+            raise ValueError("kind teacher_health goes with signal canary_weighted_kappa, and only with it")
+        if self.kind == "teacher_health" and self.categories is not None:
+            raise ValueError("a teacher_health rule watches every teacher version's canaries: no categories")
         if self.kind == "cusum":
             if self.cusum is None or self.windows:
                 raise ValueError("a cusum rule needs a cusum block and takes no windows")
@@ -235,6 +243,16 @@ class CanarySplit(_PolicyModel):
     salt: ShortText = "canary"
 
 
+class Canaries(_PolicyModel):
+    """Golden canaries fed through the live path (docs/canaries.md): after each sampled event,
+    ``rate`` canary items of the golden set's canary split on average (the whole part always, one
+    more with the fractional part's probability, by a salted hash of the event id) are judged
+    too, at the event's time."""
+
+    rate: float = Field(gt=0.0, le=10.0)
+    salt: ShortText = "canaries"
+
+
 class GoldenSet(_PolicyModel):
     """The golden set the policy is measured against, and how imported labels map to grades."""
 
@@ -285,6 +303,7 @@ class Policy(_PolicyModel):
     gates: Gates = Gates()
     golden: GoldenSet
     teacher: TeacherConfig = TeacherConfig()
+    canaries: Canaries | None = None
 
     @field_validator("rubric")
     @classmethod
@@ -310,6 +329,12 @@ class Policy(_PolicyModel):
         self._check_golden_labels()
         if self.gates.gate1.ambiguous > self.gates.gate1.clear:
             raise ValueError("gates.gate1.ambiguous must not exceed gates.gate1.clear")
+        health = [rule.id for rule in self.alerts if rule.kind == "teacher_health"]
+        if health and (self.canaries is None or self.golden.canary.share == 0):
+            raise ValueError(
+                f"alerts {health}: a teacher_health rule needs canaries (a `canaries:` block and a "
+                "golden.canary split with share > 0)"
+            )
         return self
 
     def _check_failure_modes(self) -> None:
@@ -384,8 +409,15 @@ class Policy(_PolicyModel):
         return self.sampling.default_rate
 
     def rules_for(self, category: str) -> list[AlertRule]:
-        """Alert rules that apply to ``category``."""
-        return [rule for rule in self.alerts if rule.categories is None or category in rule.categories]
+        """Alert rules that apply to ``category``: the teacher_health rules to canary categories,
+        the others to production categories."""
+        if category.startswith(CANARY_PREFIX):
+            return [rule for rule in self.alerts if rule.kind == "teacher_health"]
+        return [
+            rule
+            for rule in self.alerts
+            if rule.kind != "teacher_health" and (rule.categories is None or category in rule.categories)
+        ]
 
 
 def identity_mismatch(

@@ -2,8 +2,10 @@
 
 Reads up to the end offsets captured at start (so the command terminates on a live topic), drops
 duplicates by judgment id (redelivery), and by default keeps ok judgments only: error judgments
-carry no label. ``--from-beginning`` reads every partition from offset 0 without a consumer group
-commit; otherwise a committed consumer group (``evalloop-export``) makes exports incremental.
+carry no label. Golden canaries (docs/canaries.md) are never exported: they are checks of the
+teacher on labelled items, not production traffic. ``--from-beginning`` reads every partition
+from offset 0 without a consumer group commit; otherwise a committed consumer group
+(``evalloop-export``) makes exports incremental.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class ExportCounts:
     written: int = 0
     duplicates: int = 0
     errors_skipped: int = 0
+    canaries_skipped: int = 0
     invalid: int = 0
     by_category: dict[str, int] = field(default_factory=dict)
 
@@ -72,6 +75,9 @@ def _write(raw: bytes, out: IO[str], counts: ExportCounts, seen: set[str], inclu
         counts.duplicates += 1
         return
     seen.add(judgment.judgment_id)
+    if judgment.canary is not None:
+        counts.canaries_skipped += 1
+        return
     if judgment.status != "ok" and not include_errors:
         counts.errors_skipped += 1
         return

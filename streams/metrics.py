@@ -54,6 +54,7 @@ COUNTERS: tuple[CounterSpec, ...] = (
     CounterSpec("window_buckets_loaded", (), "window buckets the alert engine read from Redis"),
     CounterSpec("evaluation_ms", (), "wall milliseconds spent evaluating owned categories' rules"),
     CounterSpec("evaluation_cpu_ms", (), "CPU milliseconds of that thread while evaluating them"),
+    CounterSpec("canaries_sent", (), "golden canary samples sent after a sampled event"),
 )
 COUNTER_NAMES = tuple(spec.name for spec in COUNTERS)
 SPECS = {spec.name: spec for spec in COUNTERS}

@@ -41,6 +41,7 @@ from streams.alerting import (
     top_failure_modes,
     transition,
 )
+from streams.canary import evaluate_health
 from streams.correction import WindowCorrector
 from streams.deadletter import dead_letter, from_schema_error
 from streams.sampling import SampleDecision, Sampler
@@ -296,7 +297,7 @@ def evaluate_alerts(
     correction = Correction(corrector, category) if corrector is not None else None
     for rule, windows in rules if rules is not None else rule_windows(policy, category):
         state = states.get(rule.id, category)
-        verdict = _verdict(rule, windows, state, reader, correction)
+        verdict = _verdict(rule, windows, state, reader, correction, policy)
         if verdict.new_state == state:
             continue
         stored = states.put(rule.id, category, verdict.new_state, state.version)
@@ -340,6 +341,7 @@ def _verdict(
     state: AlertState,
     reader: _Reader,
     correction: Correction | None = None,
+    policy: Policy | None = None,
 ) -> Verdict:
     if rule.kind == "cusum":
         step_s = reader.store.bucket_seconds
@@ -350,7 +352,12 @@ def _verdict(
         moved = replace(step.new_state, statistic=statistic, statistic_through=reader.at)
         return Verdict(evaluation, moved, step.emit, bucket)
     stats = {window: reader(window) for window in windows}
-    evaluation = evaluate_rule(rule, stats, correction)
+    if rule.kind == "teacher_health":
+        if policy is None:
+            raise ValueError(f"rule {rule.id}: a teacher_health rule needs the policy's scale")
+        evaluation = evaluate_health(rule, stats, policy.grades, policy.gates.gate2.weights)
+    else:
+        evaluation = evaluate_rule(rule, stats, correction)
     step = transition(state, evaluation, reader.at, rule)
     return Verdict(evaluation, step.new_state, step.emit, stats[max(stats)])
 

@@ -18,11 +18,13 @@ from schemas.alerts import Alert
 from schemas.codecs import ALERTS, JUDGMENTS, SAMPLES, Undecodable
 from schemas.deadletter import DeadLetter, Reason, SourcePosition
 from schemas.events import Sample
-from schemas.judgments import Judgment
+from schemas.golden import GoldenItem
+from schemas.judgments import CanaryTag, Judgment
 from schemas.policy import Policy
 from schemas.retry import Backoff
 from schemas.settings import Settings
 from streams import pipeline
+from streams.canary import canary_samples, tag_canary
 from streams.config import StreamSettings
 from streams.correction import WindowCorrector
 from streams.deadletter import dead_letter
@@ -93,6 +95,8 @@ class Components:
     wall_clock: Callable[[], float] = time.time
     #: The running teacher's calibration (None: rules judge raw shares; docs/calibration.md).
     corrector: WindowCorrector | None = None
+    #: The golden canary split the sample stage draws live canaries from (docs/canaries.md).
+    canaries: Sequence[GoldenItem] = ()
 
     def __post_init__(self) -> None:
         #: What the stages remember between batches (streams.stage_state).
@@ -187,6 +191,9 @@ def _ingest(c: Components, raw: bytes | None, source: SourcePosition | None, out
     same_layout = c.settings.topics.samples.partitions == c.settings.topics.events.partitions
     partition = source.partition if source is not None and same_layout else None
     out.add("samples", OutRecord(key, SAMPLES.encode(chosen.sample), partition))
+    for canary in canary_samples(chosen.sample, c.canaries, c.policy):
+        c.metrics.add("canaries_sent")
+        out.add("samples", OutRecord(canary.event.event_id.encode(), SAMPLES.encode(canary), partition))
     return "sampled"
 
 
@@ -216,6 +223,7 @@ async def handle_samples(c: Components, batch: Sequence[Incoming]) -> list[Judgm
     out = Publication()
     requests: list[pipeline.TeacherRequest] = []
     headers: list[tuple[tuple[str, bytes], ...]] = []
+    tags: list[CanaryTag | None] = []
     for item in batch:
         chosen = _parse_sample(item.raw, item.source, c, out)
         if chosen is None:
@@ -227,7 +235,9 @@ async def handle_samples(c: Components, batch: Sequence[Incoming]) -> list[Judgm
             header = ((SOURCE_PARTITION_HEADER, str(partition).encode()),)
         requests += pairs
         headers += [header] * len(pairs)
-    judgments = await c.teacher.judge(requests) if requests else []
+        tags += [chosen.canary] * len(pairs)
+    judged = await c.teacher.judge(requests) if requests else []
+    judgments = [tag_canary(judgment, tag) for judgment, tag in zip(judged, tags, strict=True)]
     for judgment, header in zip(judgments, headers, strict=True):
         c.metrics.add("judged_ok" if judgment.status == "ok" else "judged_error", category=judgment.category)
         out.add(

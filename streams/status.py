@@ -14,9 +14,11 @@ from typing import Any
 import redis
 
 from schemas.calibration import find_calibration
+from schemas.judgments import CANARY_CATEGORY_PREFIX, is_canary_category
 from schemas.policy import Policy
 from schemas.settings import Settings
 from streams.alerting import AlertState
+from streams.canary import health, health_json
 from streams.correction import WindowCorrector, corrected_json, corrector_for, display_share
 from streams.pipeline import utc_from_epoch
 from streams.window_store import AlertStateStore, WindowStore
@@ -207,11 +209,33 @@ def collect(
         "categories": {},
     }
     if at is not None:
+        known = sorted(windows.categories())
         report["categories"] = {
             category: category_status(category, windows, states, policy, window_s, at, corrector)
-            for category in sorted(windows.categories())
+            for category in known
+            if not is_canary_category(category)
+        }
+        report["canaries"] = {
+            category[len(CANARY_CATEGORY_PREFIX) :]: canary_status(
+                category, windows, states, policy, window_s, at
+            )
+            for category in known
+            if is_canary_category(category)
         }
     return report
+
+
+def canary_status(
+    category: str, windows: WindowStore, states: AlertStateStore, policy: Policy, window_s: int, at: float
+) -> dict[str, Any]:
+    """A teacher version's live Gate 2 from its golden canaries, and its health rules' states."""
+    stats = windows.read(category, window_s, at)
+    found = health(stats.counters, policy.grades, policy.gates.gate2.weights, seed=stats.end_epoch)
+    return {
+        **health_json(found, window_s),
+        "errors": stats.errors,
+        "alerts": {rule.id: states.get(rule.id, category).state for rule in policy.rules_for(category)},
+    }
 
 
 def _iso(epoch: float | None) -> str | None:
@@ -251,7 +275,28 @@ def render_table(report: dict[str, Any]) -> str:
             lines.append(f"{'  corrected':<42}" + " ".join(f"{cell:>17}" for cell in fixed))
         if modes:
             lines.append(f"{'':<30} top failure modes: {modes}")
+    lines += _canary_lines(report.get("canaries") or {})
     return "\n".join(lines)
+
+
+def _canary_lines(canaries: dict[str, Any]) -> list[str]:
+    if not canaries:
+        return []
+    lines = [
+        "",
+        "live canaries (golden items through the live teacher; weighted kappa by the Gate 2 weights)",
+    ]
+    for version, row in canaries.items():
+        interval = row["interval"]
+        kappa = "n/a" if row["weighted_kappa"] is None else f"{row['weighted_kappa']:.2f}"
+        ci = f" [{interval[0]:.2f},{interval[1]:.2f}]" if interval else ""
+        agreement = "n/a" if row["agreement"] is None else f"{row['agreement']:.2f}"
+        states = ",".join(rule for rule, state in row["alerts"].items() if state in ("firing", "pending"))
+        lines.append(
+            f"  {version[:40]:<40} n {row['n']:>4}  weighted kappa {kappa}{ci}  agreement {agreement}  "
+            f"{states or 'ok'}"
+        )
+    return lines
 
 
 def _corrected_cell(figure: dict[str, Any] | None) -> str:

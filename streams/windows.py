@@ -14,6 +14,7 @@ Counter fields (all increments are floats; ``w`` = weight = 1 / inclusion_probab
 ``display_w:<d>``             … their Σw
 ``grade:<g>``, ``grade_w:<g>`` ok judgments with grade g (count, Σw)
 ``fm:<id>``, ``fm_w:<id>``    ok judgments tagged with failure mode id (count, Σw)
+``cm:<golden>:<grade>``       golden canaries only: golden grade vs teacher grade (count)
 ============================  ================================================================
 """
 
@@ -71,6 +72,8 @@ def counter_updates(judgment: Judgment) -> dict[str, float]:
     for mode in dict.fromkeys(judgment.failure_modes):  # a mode tagged twice counts once
         updates[f"fm:{mode}"] = 1.0
         updates[f"fm_w:{mode}"] = weight
+    if judgment.canary is not None:
+        updates[f"cm:{judgment.canary.golden_grade}:{judgment.grade}"] = 1.0
     return updates
 
 

@@ -53,6 +53,7 @@ def build(policy_path: Path | None = None, allow_policy_version_bump: bool = Fal
     that Kafka (with the loop's topics), Redis and a teacher of the same policy answer."""
     import httpx
 
+    from schemas.golden import load_canaries
     from schemas.policy import load_policy
     from schemas.settings import load_settings
     from streams.app import create_app
@@ -80,6 +81,13 @@ def build(policy_path: Path | None = None, allow_policy_version_bump: bool = Fal
     )
     prefix = settings.redis.key_prefix
     corrector = calibration_for(settings.calibration_dir, str(info.get("teacher_version")), policy.version)
+    canaries = load_canaries(policy)
+    if policy.canaries is not None:
+        log.info(
+            "golden canaries: %d items of the canary split, after %.0f%% of sampled events",
+            len(canaries),
+            100 * policy.canaries.rate,
+        )
     breaker = CircuitBreaker(stream.breaker_failures, stream.breaker_cooldown_s)
     teacher = ServeTeacherClient(
         url,
@@ -109,6 +117,7 @@ def build(policy_path: Path | None = None, allow_policy_version_bump: bool = Fal
         webhook_sender=HttpxWebhookSender(httpx.Client()) if webhooks else None,
         loop_state=loop_state,
         corrector=corrector,
+        canaries=canaries,
     )
     return create_app(components)
 

@@ -25,9 +25,14 @@ def burn_rate_policy(directory: Path, name: str = "policy.yaml") -> Path:
     return policy_with_rules(directory, [rule], name)
 
 
-def policy_with_rules(directory: Path, rules: list[dict[str, Any]], name: str = "policy.yaml") -> Path:
-    """The bundled policy with every event sampled and ``rules`` as its alert rules."""
+def policy_with_rules(
+    directory: Path, rules: list[dict[str, Any]], name: str = "policy.yaml", canaries: bool = False
+) -> Path:
+    """The bundled policy with every event sampled and ``rules`` as its alert rules; its golden
+    canaries only when ``canaries`` (most tests count production pairs exactly)."""
     doc = yaml.safe_load((ROOT / "policies" / "product-search.yaml").read_text(encoding="utf-8"))
+    if not canaries:
+        doc.pop("canaries", None)
     doc["sampling"]["default_rate"] = 1.0
     for category in doc["categories"]:
         category.pop("sample_rate", None)

@@ -1,0 +1,101 @@
+"""The golden set's records: (query, item) pairs with a grade on the policy's scale and the reason
+for it, and the policy's canary split of them. Shared by judges (fitting, Gate 2, calibration)
+and streams (live canaries); the checks and teacher requests are in ``judges.golden``."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, NamedTuple
+
+from pydantic import Field, ValidationError
+
+from schemas.base import Attributes, Identifier, ShortText, StrictModel, describe_validation_error
+from schemas.jsonl import iter_objects, load_jsonl, require_some
+from schemas.policy import Policy
+
+Text = Annotated[str, Field(min_length=1, max_length=2000)]
+
+
+class GoldenProduct(StrictModel):
+    """The item as a rater saw it: title, category path and attributes."""
+
+    item_id: Identifier
+    title: Text
+    category: Annotated[str, Field(max_length=500)] | None = None
+    description: Annotated[str, Field(max_length=8000)] | None = None
+    attributes: Attributes = Field(default_factory=dict)
+
+
+class GoldenItem(StrictModel):
+    """One labelled (query, item) pair. ``grade`` is on the policy scale (checked by check_golden)."""
+
+    id: Identifier
+    query: Text
+    item: GoldenProduct
+    #: Coarse category the pair is reported under (per-category kappa).
+    category: ShortText
+    grade: int
+    label: ShortText | None = None
+    reason: Annotated[str, Field(max_length=2000)] = ""
+    #: True when the label was imported from a dataset that publishes no reasons.
+    reason_imported: bool = False
+    policy_version: Identifier
+
+
+class GoldenFormatError(ValueError):
+    """A golden file that cannot be parsed; the message names the file and 1-based line."""
+
+
+def load_golden(path: str | Path) -> list[GoldenItem]:
+    """Read every item of the golden JSONL file; raise GoldenFormatError on any bad line."""
+    return load_jsonl(path, GoldenFormatError, "golden", parse_golden)
+
+
+def parse_golden(lines: Iterable[str], source: str = "<golden>") -> list[GoldenItem]:
+    """Parse JSONL lines (blank lines skipped) into golden items."""
+    items = [_item(record, where) for where, record in iter_objects(lines, source, GoldenFormatError)]
+    return require_some(items, source, GoldenFormatError, "golden items")
+
+
+def _item(record: dict[str, Any], where: str) -> GoldenItem:
+    try:
+        # strict=False: JSON has no tuples and ints arrive as ints; nothing else is coerced here.
+        return GoldenItem.model_validate(record, strict=False)
+    except ValidationError as exc:
+        raise GoldenFormatError(f"{where}: {describe_validation_error(exc)}") from None
+
+
+def is_canary(item_id: str, policy: Policy) -> bool:
+    """Whether the golden item ``item_id`` belongs to the policy's canary split."""
+    split = policy.golden.canary
+    digest = hashlib.sha256(f"{split.salt}{item_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < split.share
+
+
+class GoldenSplit(NamedTuple):
+    """The items a teacher may be fitted on and the canary items it never is."""
+
+    fit: list[GoldenItem]
+    canaries: list[GoldenItem]
+
+
+def split_golden(items: Sequence[GoldenItem], policy: Policy) -> GoldenSplit:
+    """Split ``items`` by ``policy.golden.canary`` (order kept in both parts)."""
+    canaries = [item for item in items if is_canary(item.id, policy)]
+    return GoldenSplit([item for item in items if not is_canary(item.id, policy)], canaries)
+
+
+#: The repository root, where relative golden paths resolve when not found from the working dir.
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_canaries(policy: Policy) -> list[GoldenItem]:
+    """The canary split of the policy's golden file, when the policy feeds canaries (else [])."""
+    if policy.canaries is None or policy.golden.canary.share == 0:
+        return []
+    path = policy.golden.file
+    if not path.is_absolute() and not path.exists():
+        path = _ROOT / path
+    return split_golden(load_golden(path), policy).canaries
