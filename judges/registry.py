@@ -6,6 +6,7 @@ Every backend class takes ``(policy: Policy, **options)`` and implements ``judge
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 from judges.base import Teacher
@@ -40,6 +41,17 @@ def build_teacher(policy: Policy, backend: str | None = None, **options: Any) ->
     if not isinstance(teacher, Teacher):
         raise TypeError(f"{module_name}.{class_name} does not implement the Teacher protocol")
     return teacher
+
+
+def unknown_options(backend: str, options: dict[str, Any]) -> list[str]:
+    """The ``options`` the backend's constructor does not take (checked before any replica starts:
+    a typo must not become a crash-looping replica). Backends taking ``**options`` accept all."""
+    module_name, class_name = BACKENDS[backend]
+    cls = getattr(importlib.import_module(module_name), class_name)
+    parameters = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return []
+    return sorted(set(options) - {name for name in parameters if name not in ("self", "policy")})
 
 
 def producible_failure_modes(policy: Policy, backend: str | None = None) -> set[str]:

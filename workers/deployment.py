@@ -13,6 +13,7 @@ HTTP (mounted at ``/teacher``): ``POST`` ``{"requests": [JudgeRequest...]}`` ans
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import time
@@ -28,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from judges.base import JudgeRequest, error_judgment
-from judges.registry import backend_names, build_teacher
+from judges.registry import backend_names, build_teacher, unknown_options
 from schemas.base import describe_validation_error
 from schemas.judgments import Judgment
 from schemas.policy import load_policy
@@ -151,7 +152,19 @@ class TeacherReplica:
             "largest_batch": self._largest_batch,
             "consecutive_failures": self._failures,
             "last_error": self._last_error,
+            "teacher_stats": self._teacher_stats(),
         }
+
+    def _teacher_stats(self) -> dict[str, Any] | None:
+        """An LLM backend's token and outcome counters (cached prompt tokens too), if it keeps them."""
+        stats = getattr(self._teacher, "stats", None)
+        snapshot = getattr(stats, "snapshot", None)
+        taken = snapshot() if callable(snapshot) else None
+        return (
+            dataclasses.asdict(taken)
+            if dataclasses.is_dataclass(taken) and not isinstance(taken, type)
+            else None
+        )
 
     def check_health(self) -> None:
         """Raise if the backend is unusable: repeated backend exceptions or its own health check."""
@@ -220,6 +233,9 @@ def build_app(
     name = backend or settings.serve.backend or policy.teacher.backend
     if name not in backend_names():
         raise ValueError(f"unknown teacher backend {name!r}; known backends: {', '.join(backend_names())}")
+    unknown = unknown_options(name, dict(options or {}))
+    if unknown:
+        raise ValueError(f"the {name} backend takes no option(s) {', '.join(unknown)}")
     bound: Application = TeacherDeployment.options(**deployment_options(settings.serve)).bind(
         str(policy_path), backend or settings.serve.backend, dict(options or {}), workdir
     )

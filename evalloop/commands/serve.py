@@ -34,6 +34,16 @@ def register(subparsers: Any) -> None:
     p.add_argument("--backend", default=None, metavar="NAME", help="teacher backend (default: the policy's)")
     p.add_argument("--replicas", type=_positive_int, default=None, metavar="N", help="fixed replica count")
     p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        type=_option,
+        metavar="KEY=VALUE",
+        help="backend option, repeatable: e.g. base_url=http://127.0.0.1:8088/v1 model=smollm2-135m "
+        "timeout_s=60 max_retries=2 concurrency=4 for --backend openai (numbers are parsed; default: "
+        "the policy's teacher.openai)",
+    )
+    p.add_argument(
         "--detach",
         action="store_true",
         help="deploy and exit; needs an existing cluster (EVALLOOP_RAY__ADDRESS)",
@@ -46,6 +56,27 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be >= 1")
     return value
+
+
+def _option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE")
+    for convert in (int, float):
+        try:
+            return key.strip(), convert(value)
+        except ValueError:
+            pass
+    return key.strip(), value
+
+
+def _option_problem(backend: str, options: dict[str, Any]) -> str | None:
+    from judges.registry import backend_names, unknown_options
+
+    if backend not in backend_names():
+        return f"unknown teacher backend {backend!r}; known backends: {', '.join(backend_names())}"
+    unknown = unknown_options(backend, options)
+    return f"the {backend} backend takes no option(s) {', '.join(unknown)}" if unknown else None
 
 
 def _settings_for(args: argparse.Namespace) -> Settings:
@@ -69,14 +100,22 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        load_policy(policy_path)
+        policy = load_policy(policy_path)
     except PolicyError as error:
         print(f"evalloop serve: bad policy {policy_path}: {error}", file=sys.stderr)
         return 2
-    return _deploy_and_wait(settings, policy_path, args.backend, detach=args.detach)
+    problem = _option_problem(
+        args.backend or settings.serve.backend or policy.teacher.backend, dict(args.option)
+    )
+    if problem:
+        print(f"evalloop serve: {problem}", file=sys.stderr)
+        return 2
+    return _deploy_and_wait(settings, policy_path, args.backend, dict(args.option), detach=args.detach)
 
 
-def _deploy_and_wait(settings: Settings, policy_path: Path, backend: str | None, *, detach: bool) -> int:
+def _deploy_and_wait(
+    settings: Settings, policy_path: Path, backend: str | None, options: dict[str, Any], *, detach: bool
+) -> int:
     from ray import serve
 
     from workers.config import http_url
@@ -84,7 +123,7 @@ def _deploy_and_wait(settings: Settings, policy_path: Path, backend: str | None,
     from workers.runtime import shutdown
 
     try:
-        handle = deploy(settings, policy_path, backend=backend)
+        handle = deploy(settings, policy_path, backend=backend, options=options)
         info = handle.info.remote().result(timeout_s=120)
     except Exception as error:
         print(f"evalloop serve: deployment failed: {error}", file=sys.stderr)
