@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from schemas.alerts import Alert
+from schemas.alerts import Alert, WindowFigure
 from schemas.retry import Backoff, RetryableError, call_with_retries, is_retryable_status, parse_retry_after
 
 SIGNATURE_HEADER = "X-Evalloop-Signature"
@@ -83,10 +83,21 @@ def verify(body: bytes, header: str, secret: bytes, tolerance_s: float, now: flo
 # ---------------------------------------------------------------- Slack Block Kit
 
 
+def _corrected_text(figure: WindowFigure) -> str:
+    """The bias-corrected share beside the raw one (docs/calibration.md), and which was judged."""
+    corrected = figure.corrected
+    if corrected is None:
+        return ""
+    judged = " (judged)" if figure.estimate == "corrected" else ""
+    if corrected.value is None or corrected.lower is None or corrected.upper is None:
+        return f"; corrected: {corrected.status.replace('_', ' ')}{judged}"
+    return f"; corrected *{corrected.value:.1%}* (CI {corrected.lower:.1%}–{corrected.upper:.1%}){judged}"
+
+
 def _figures_text(alert: Alert) -> str:
     lines = [
-        f"`{f.window:>4}` rate *{f.rate:.1%}* (CI {f.lower:.1%}–{f.upper:.1%}), "
-        f"{f.bad}/{f.samples} bad, threshold {f.threshold:.1%}"
+        f"`{f.window:>4}` raw rate *{f.rate:.1%}* (CI {f.lower:.1%}–{f.upper:.1%}), "
+        f"{f.bad}/{f.samples} bad, threshold {f.threshold:.1%}{_corrected_text(f)}"
         for f in alert.windows
     ]
     return "\n".join(lines)
@@ -135,8 +146,12 @@ def slack_payload(alert: Alert) -> dict[str, Any]:
 
 def _pd_summary(alert: Alert) -> str:
     long = alert.windows[0]
+    corrected = long.corrected
+    figure = f"{long.rate:.1%}"
+    if corrected is not None and corrected.value is not None:
+        figure = f"{corrected.value:.1%} corrected ({long.rate:.1%} raw)"
     summary = (
-        f"[{alert.severity}] {alert.rule} in {alert.category}: {alert.signal} {long.rate:.1%} "
+        f"[{alert.severity}] {alert.rule} in {alert.category}: {alert.signal} {figure} "
         f"over {long.window} (threshold {alert.threshold:.0%}, n={long.samples})"
     )
     return _truncate(summary, 1024)
@@ -163,6 +178,8 @@ def pagerduty_payload(alert: Alert, routing_key: str) -> dict[str, Any]:
         "custom_details": {
             "alert_id": alert.alert_id,
             "description": alert.description,
+            "estimate": alert.estimate,
+            "calibration": alert.calibration,
             "windows": [f.model_dump(mode="json") for f in alert.windows],
             "top_failure_modes": [m.model_dump(mode="json") for m in alert.top_failure_modes],
             "examples": [e.model_dump(mode="json") for e in alert.examples[:5]],

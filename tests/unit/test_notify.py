@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from schemas.alerts import Alert, AlertExample, FailureModeShare, WindowFigure
+from schemas.alerts import Alert, AlertExample, CorrectedFigure, FailureModeShare, WindowFigure
 from streams.notify import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
@@ -178,6 +178,35 @@ def test_pagerduty_payload(state: str, severity: str, action: str, pd_severity: 
     assert 0 < len(payload["summary"]) <= 1024 and "50.0%" in payload["summary"]
     assert payload["custom_details"]["windows"][0]["window"] == "2h"
     assert payload["custom_details"]["examples"][0]["rationale"] == "A faucet is not a table."
+
+
+def _corrected(figure: WindowFigure, status: str, value: float | None) -> WindowFigure:
+    corrected = CorrectedFigure(
+        status=status,  # type: ignore[arg-type]
+        value=value,
+        lower=None if value is None else value - 0.1,
+        upper=None if value is None else value + 0.1,
+        youden=0.6,
+    )
+    return figure.model_copy(update={"corrected": corrected, "estimate": "corrected"})
+
+
+def test_payloads_show_raw_and_corrected_shares() -> None:
+    base = alert()
+    windows = [
+        _corrected(base.windows[0], "corrected", 0.42),
+        _corrected(base.windows[1], "not_identifiable", None),
+    ]
+    corrected = base.model_copy(update={"windows": windows, "estimate": "corrected", "calibration": "t1"})
+    text = slack_payload(corrected)["blocks"][2]["text"]["text"]
+    assert "raw rate *50.0%*" in text and "corrected *42.0%* (CI 32.0%–52.0%) (judged)" in text
+    assert "corrected: not identifiable (judged)" in text
+    event = pagerduty_payload(corrected, ROUTING_KEY)
+    assert "42.0% corrected (50.0% raw)" in event["payload"]["summary"]
+    details = event["payload"]["custom_details"]
+    assert details["estimate"] == "corrected" and details["calibration"] == "t1"
+    assert details["windows"][0]["corrected"]["value"] == 0.42
+    assert "corrected" not in slack_payload(base)["blocks"][2]["text"]["text"]
 
 
 def test_pagerduty_summary_truncated() -> None:
