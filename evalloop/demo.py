@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from schemas.alerts import Alert
+from schemas.alerts import Alert, WindowFigure
 from schemas.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -112,7 +112,8 @@ def describe_alert(alert: Alert) -> str:
     """A few lines on-call can act on: what, where, how bad, why."""
     marker = "FIRING  " if alert.state == "firing" else "RESOLVED"
     figures = "; ".join(
-        f"{w.window} {w.rate:.2f} [{w.lower:.2f},{w.upper:.2f}] n={w.samples}" for w in alert.windows
+        f"{w.window} raw {w.rate:.2f} [{w.lower:.2f},{w.upper:.2f}]{_corrected(w)} n={w.samples}"
+        for w in alert.windows
     )
     lines = [
         f"\n*** {marker} {alert.severity} {alert.rule} / {alert.category} at event time "
@@ -124,6 +125,15 @@ def describe_alert(alert: Alert) -> str:
         for example in alert.examples[:2]:
             lines.append(f"    e.g. '{example.query}' -> '{example.item_title}': {example.rationale[:160]}")
     return "\n".join(lines) + "\n"
+
+
+def _corrected(figure: WindowFigure) -> str:
+    corrected = figure.corrected
+    if corrected is None:
+        return ""
+    if corrected.value is None or corrected.lower is None or corrected.upper is None:
+        return f", corrected {corrected.status.replace('_', ' ')}"
+    return f", corrected {corrected.value:.2f} [{corrected.lower:.2f},{corrected.upper:.2f}]"
 
 
 def start_worker(env: dict[str, str], log_path: Path, loglevel: str = "warning") -> subprocess.Popen[bytes]:

@@ -61,7 +61,11 @@ def run_fit(args: argparse.Namespace) -> int:
     out = Path(args.out or policy.teacher.artifact)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(dump_artifact(artifact), encoding="utf-8")
-    print(f"fitted on {golden_path}: {len(items)} items, {report.queries} queries")
+    held_out = artifact["fitted_on"]["canaries_excluded"]
+    print(
+        f"fitted on {golden_path}: {artifact['fitted_on']['n']} items, {report.queries} queries "
+        f"({held_out} canary items held out)"
+    )
     print(cv_summary(artifact))
     print(f"wrote {out} ({artifact['teacher_version']}) in {time.perf_counter() - started:.1f}s")
     return 0
