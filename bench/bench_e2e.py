@@ -180,16 +180,20 @@ def worker_counters(log_text: str) -> list[dict[str, int]]:
 
 
 def sampled_calls(values: Sequence[bytes]) -> list[list[Any]]:
-    """The teacher calls the loop will make: one per sampled event, its top items as JudgeRequests."""
+    """The teacher calls the loop will make: one per sampled event, its top items as JudgeRequests,
+    and one per golden canary that follows it (docs/canaries.md): the loop judges those too."""
     from judges.base import JudgeRequest
     from schemas.base import SchemaError
     from schemas.events import parse_event
+    from schemas.golden import load_canaries
     from schemas.policy import load_policy
+    from streams.canary import canary_samples
     from streams.pipeline import sample, to_requests
     from streams.sampling import Sampler
 
     policy = load_policy(POLICY)
     sampler = Sampler(policy)
+    canaries = load_canaries(policy)
     calls = []
     for raw in values:
         try:
@@ -197,8 +201,10 @@ def sampled_calls(values: Sequence[bytes]) -> list[list[Any]]:
         except SchemaError:  # the day holds a few bad events on purpose: they go to dead letters
             continue
         chosen = sample(event, sampler, time.time()).sample
-        if chosen is not None:
-            pairs = to_requests(chosen, policy.sampling.max_items_per_event)
+        if chosen is None:
+            continue
+        for judged in (chosen, *canary_samples(chosen, canaries, policy)):
+            pairs = to_requests(judged, policy.sampling.max_items_per_event)
             calls.append([JudgeRequest.model_validate(p.model_dump()) for p in pairs])
     return calls
 

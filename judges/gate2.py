@@ -21,6 +21,7 @@ from sklearn.metrics import cohen_kappa_score
 
 from judges.golden import GoldenItem
 from schemas.judgments import Judgment
+from schemas.kappa import kappas
 from schemas.policy import Gate2Thresholds, Policy
 
 Weights = Literal["quadratic", "linear"] | None
@@ -58,25 +59,9 @@ def confusion(truth: Sequence[int], predicted: Sequence[int], grades: Sequence[i
     return matrix
 
 
-def _disagreement_weights(k: int, weights: Weights) -> F64:
-    # The same weights as sklearn: distances between label positions.
-    i, j = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
-    if weights == "quadratic":
-        return np.asarray((i - j) ** 2, dtype=np.float64)
-    if weights == "linear":
-        return np.asarray(np.abs(i - j), dtype=np.float64)
-    return np.asarray(i != j, dtype=np.float64)
-
-
 def kappa_from_confusion(matrix: F64, weights: Weights) -> float:
     """Cohen's kappa of a confusion matrix (equals sklearn's; nan when undefined)."""
-    total = matrix.sum()
-    if total == 0:
-        return math.nan
-    w = _disagreement_weights(matrix.shape[0], weights)
-    expected = np.outer(matrix.sum(axis=1), matrix.sum(axis=0)) / total
-    denominator = float((w * expected).sum())
-    return math.nan if denominator == 0 else 1.0 - float((w * matrix).sum()) / denominator
+    return float(kappas(matrix, weights)[0])
 
 
 def cluster_bootstrap_ci(
@@ -103,7 +88,7 @@ def cluster_bootstrap_ci(
     stack = np.stack([confusion(*by_group[name], grades) for name in names])
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(names), size=(replicates, len(names)))
-    values = np.array([kappa_from_confusion(stack[row].sum(axis=0), weights) for row in draws])
+    values = kappas(np.stack([stack[row].sum(axis=0) for row in draws]), weights)
     values = values[np.isfinite(values)]
     if values.size == 0:
         return None

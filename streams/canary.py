@@ -23,6 +23,7 @@ import numpy.typing as npt
 from schemas.events import Item, RecommendationEvent, RequestContext, Sample
 from schemas.golden import GoldenItem
 from schemas.judgments import CanaryTag, Judgment, canary_category
+from schemas.kappa import Weighting, kappas
 from schemas.policy import AlertRule, Policy
 from streams.alerting import RuleEvaluation, WindowFigureData
 from streams.windows import WindowStats, window_name
@@ -112,31 +113,7 @@ def confusion_from(counters: Mapping[str, float], grades: Sequence[int]) -> F64:
     return matrix
 
 
-def _weights(k: int, weights: str) -> F64:
-    i, j = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
-    if weights == "quadratic":
-        return np.asarray((i - j) ** 2, dtype=np.float64)
-    if weights == "linear":
-        return np.asarray(np.abs(i - j), dtype=np.float64)
-    return np.asarray(i != j, dtype=np.float64)
-
-
-def kappas(matrices: F64, weights: str) -> F64:
-    """Cohen's kappa of each (k, k) matrix in a stack (nan when undefined); equals sklearn's."""
-    stack = matrices.reshape(-1, *matrices.shape[-2:])
-    w = _weights(stack.shape[-1], weights)
-    totals = stack.sum(axis=(1, 2))
-    expected = (
-        np.einsum("ni,nj->nij", stack.sum(axis=2), stack.sum(axis=1))
-        / np.where(totals, totals, 1)[:, None, None]
-    )
-    denominator = (w * expected).sum(axis=(1, 2))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        values = 1.0 - (w * stack).sum(axis=(1, 2)) / denominator
-    return np.where((totals > 0) & (denominator > 0), values, np.nan)
-
-
-def health(counters: Mapping[str, float], grades: Sequence[int], weights: str, seed: int = 0) -> Health:
+def health(counters: Mapping[str, float], grades: Sequence[int], weights: Weighting, seed: int = 0) -> Health:
     """The window's live Gate 2 (``weights``: the policy's ``gates.gate2.weights``)."""
     matrix = confusion_from(counters, grades)
     n = round(float(matrix.sum()))
@@ -161,7 +138,7 @@ def health(counters: Mapping[str, float], grades: Sequence[int], weights: str, s
 
 
 def _figure(
-    name: str, role: str, stats: WindowStats, rule: AlertRule, grades: Sequence[int], weights: str
+    name: str, role: str, stats: WindowStats, rule: AlertRule, grades: Sequence[int], weights: Weighting
 ) -> WindowFigureData:
     found = health(stats.counters, grades, weights, seed=stats.end_epoch)
     enough = found.n >= rule.required_samples and found.weighted_kappa is not None
@@ -185,7 +162,7 @@ def _figure(
 
 
 def evaluate_health(
-    rule: AlertRule, stats_by_window: Mapping[int, WindowStats], grades: Sequence[int], weights: str
+    rule: AlertRule, stats_by_window: Mapping[int, WindowStats], grades: Sequence[int], weights: Weighting
 ) -> RuleEvaluation:
     """A ``teacher_health`` rule: breaching when, in both windows of a pair, enough canaries were
     graded and the weighted kappa's upper bound is under ``threshold``; recovered when every short
