@@ -76,6 +76,8 @@ class OrdinalModel:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.kind: str = spec["kind"]
         self.decision: str = spec["decision"]
+        #: The near-tie margin of the ``between`` rule (in the artifact, so it is versioned with it).
+        self.between_margin = float(spec.get("between_margin", BETWEEN_MARGIN))
         self.classes = [int(c) for c in spec["classes"]]
         self.coef = np.asarray(spec["coef"], dtype=np.float64)
         self.intercept = np.asarray(spec["intercept"], dtype=np.float64)
@@ -117,7 +119,7 @@ class OrdinalModel:
         first, second = (int(i) for i in np.argsort(-row, kind="stable")[:2])
         top, runner_up = self.classes[first], self.classes[second]
         middle = [g for g in scale if min(top, runner_up) < g < max(top, runner_up)]
-        if len(middle) == 1 and row[first] - row[second] < BETWEEN_MARGIN:
+        if len(middle) == 1 and row[first] - row[second] < self.between_margin:
             return middle[0]
         return top
 
@@ -243,7 +245,7 @@ def fit_artifact(
         "format_version": ARTIFACT_FORMAT_VERSION,
         "embedder": {"model_id": embedder.model_id},
         "features": list(FEATURE_NAMES),
-        "model": {**spec, "C": best["C"], "decision": best["decision"]},
+        "model": {**spec, "C": best["C"], "decision": best["decision"], "between_margin": BETWEEN_MARGIN},
         "evidence_thresholds": _thresholds(evidence, y),
         "lexicon": lexicon.to_json(),
         "policy": {"version": policy.version, "grades": scale},
