@@ -6,20 +6,18 @@ the policy's golden file."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import yaml
-from threadpoolctl import threadpool_limits
 
 from evalloop.cli import main
 from judges.calibration import Graded, Source, binary_counts, build_calibration, cluster_bootstrap
 from judges.embedding_teacher import EmbeddingTeacher
 from judges.gate2 import confusion
-from judges.golden import GoldenItem, dump_golden, golden_requests, load_golden, split_golden
+from judges.golden import GoldenItem, dump_golden, golden_requests, split_golden
 from schemas.calibration import (
     BINARY_SIGNALS,
     dump_calibration,
@@ -27,27 +25,13 @@ from schemas.calibration import (
     find_calibration,
     load_calibration,
 )
-from schemas.policy import Policy, load_policy
+from schemas.policy import Policy
 
 REPO = Path(__file__).resolve().parents[2]
 POLICY_FILE = REPO / "policies/product-search.yaml"
-GOLDEN = REPO / "data/wands/golden.jsonl"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_blas_thread() -> Iterator[None]:
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-
-
-@pytest.fixture(scope="module")
-def policy() -> Policy:
-    return load_policy(POLICY_FILE)
-
-
-@pytest.fixture(scope="module")
-def golden() -> list[GoldenItem]:
-    return load_golden(GOLDEN)
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def graded_copy(golden: list[GoldenItem], teacher_grade: Any) -> list[Graded]:

@@ -37,11 +37,6 @@ EVENTS = ROOT / "data/wands/events.jsonl"
 
 
 @pytest.fixture(scope="module")
-def policy() -> Policy:
-    return load_policy(POLICY_FILE)
-
-
-@pytest.fixture(scope="module")
 def canaries(policy: Policy) -> list[GoldenItem]:
     return load_canaries(policy)
 
