@@ -124,9 +124,12 @@ def write_calibration(
     golden = (str(policy.golden.file), hashlib.sha256(raw).hexdigest())
     record = build_calibration(graded, policy, version, source, golden, args.bootstrap, args.seed)
     directory = Path(args.calibration_dir) if args.calibration_dir else load_settings().calibration_dir
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / file_name(record.teacher_version, record.policy_version)
-    path.write_text(dump_calibration(record), encoding="utf-8")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        path.write_text(dump_calibration(record), encoding="utf-8")
+    except OSError as exc:
+        return f"calibration: not written: cannot write {path}: {exc.strerror or exc}"
     filtered = record.signals["filtered_share"]
     return (
         f"calibration: wrote {path} ({record.source}, {record.n} pairs, {record.queries} queries; "

@@ -173,3 +173,14 @@ def test_gate2_calibrates_only_on_the_policys_golden_file(
         ]
     )
     assert "fitted on another version of the golden file" in capsys.readouterr().err
+
+
+def test_an_unwritable_calibration_dir_is_one_line_not_a_traceback(
+    tmp_path: Path, golden: list[GoldenItem], capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("", encoding="utf-8")
+    args = ["gate2", "--teacher", "noop", "--bootstrap", "10", "--calibration-dir", str(blocker / "sub")]
+    assert main(args) == 1  # the gate's own verdict, unchanged
+    err = capsys.readouterr().err
+    assert "calibration: not written: cannot write" in err and "Traceback" not in err
