@@ -198,14 +198,17 @@ def collect(
     if teacher_version is not None:
         found = find_calibration(settings.calibration_dir, teacher_version, policy.version)
         corrector, message = corrector_for(found.record), found.message
+    calibration: dict[str, Any] = {
+        "teacher_version": teacher_version,
+        "corrected": corrector is not None,
+        "message": message,
+    }
+    if corrector is not None:
+        calibration["failure_modes"] = _failure_mode_note(corrector)
     report: dict[str, Any] = {
         "as_of": _iso(at),
         "latest_event_time": _iso(latest),
-        "calibration": {
-            "teacher_version": teacher_version,
-            "corrected": corrector is not None,
-            "message": message,
-        },
+        "calibration": calibration,
         "categories": {},
     }
     if at is not None:
@@ -223,6 +226,14 @@ def collect(
             if is_canary_category(category)
         }
     return report
+
+
+def _failure_mode_note(corrector: WindowCorrector) -> str:
+    """Which failure-mode shares the calibration corrects (only those golden items carry tags for)."""
+    modes = sorted(corrector.record.failure_modes)
+    if not modes:
+        return "not corrected: the golden set carries no failure-mode tags (raw shares only)"
+    return "corrected: " + ", ".join(modes)
 
 
 def canary_status(

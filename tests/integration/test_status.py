@@ -69,6 +69,7 @@ def test_status_shows_raw_corrected_and_canaries(
     _calibrate(policy, tmp_path)
     report = collect(run, policy, redis_client, 86400)
     assert report["calibration"]["corrected"] is True and "t1" in report["calibration"]["message"]
+    assert report["calibration"]["failure_modes"].startswith("not corrected: the golden set carries no")
     assert set(report["categories"]) == {"Kitchen & Dining", "Décor & Art"}
     stats = WindowStore(redis_client, prefix).read("Kitchen & Dining", 86400, END + 300)
     raw = display_share(stats, ("filter",), 0.95)
