@@ -19,8 +19,8 @@ from schemas.calibration import BINARY_SIGNALS
 from schemas.events import RecommendationEvent
 from schemas.judgments import Judgment
 from schemas.policy import Policy
-from streams.correction import CorrectedShare, RawShare, WindowCorrector, display_share
-from streams.windows import bucket_start, counter_updates, merge_counts, stats_from_counters
+from streams.correction import CorrectedShare, WindowCorrector
+from streams.windows import RateEstimate, bucket_start, counter_updates, display_rate, merge_counts
 
 #: Windows with fewer judged items than this are listed but not scored for coverage.
 MIN_WINDOW_N = 30
@@ -33,7 +33,7 @@ class WindowCheck:
     category: str
     start: float | None
     n: int
-    raw: RawShare
+    raw: RateEstimate
     corrected: CorrectedShare | None
     human: float
 
@@ -104,12 +104,11 @@ def _check(
     signal: str,
     corrector: WindowCorrector | None,
 ) -> WindowCheck:
-    stats = stats_from_counters(1, 0.0, counts.counters)
-    raw = display_share(stats, bad, 0.95)
+    raw = display_rate(counts.counters, bad, 0.95)
     corrected = corrector.correct(category, signal, raw, 0.95) if corrector is not None else None
     total_w = counts.counters.get("w", 0.0)
     human = counts.human_bad_w / total_w if total_w > 0 else 0.0
-    return WindowCheck(category, start, stats.samples, raw, corrected, human)
+    return WindowCheck(category, start, raw.samples, raw, corrected, human)
 
 
 @dataclass(frozen=True)

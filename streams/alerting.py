@@ -20,7 +20,7 @@ from schemas.alerts import Alert, AlertExample, CorrectedFigure, FailureModeShar
 from schemas.calibration import BINARY_SIGNALS
 from schemas.judgments import Judgment
 from schemas.policy import AlertRule, parse_duration
-from streams.correction import CorrectedShare, RawShare, WindowCorrector
+from streams.correction import CorrectedShare, WindowCorrector
 from streams.cusum import CusumDesign, bucket_design, update
 from streams.windows import RateEstimate, WindowStats, signal_rate, window_name
 
@@ -149,8 +149,7 @@ def _figure(
 def _correct(estimate: RateEstimate, rule: AlertRule, correction: Correction | None) -> CorrectedShare | None:
     if correction is None or rule.signal not in BINARY_SIGNALS:
         return None
-    raw = RawShare(estimate.rate, estimate.lower, estimate.upper, estimate.samples)
-    return correction.corrector.correct(correction.category, rule.signal, raw, rule.confidence)
+    return correction.corrector.correct(correction.category, rule.signal, estimate, rule.confidence)
 
 
 def _stats(stats_by_window: Mapping[int, WindowStats], seconds: int, rule: AlertRule) -> WindowStats:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -138,7 +138,12 @@ def health(counters: Mapping[str, float], grades: Sequence[int], weights: Weight
 
 
 def _figure(
-    name: str, role: str, stats: WindowStats, rule: AlertRule, grades: Sequence[int], weights: Weighting
+    name: str,
+    role: Literal["long", "short"],
+    stats: WindowStats,
+    rule: AlertRule,
+    grades: Sequence[int],
+    weights: Weighting,
 ) -> WindowFigureData:
     found = health(stats.counters, grades, weights, seed=stats.end_epoch)
     enough = found.n >= rule.required_samples and found.weighted_kappa is not None
@@ -147,7 +152,7 @@ def _figure(
     return WindowFigureData(
         window=name,
         seconds=stats.window_s,
-        role="long" if role == "long" else "short",
+        role=role,
         samples=found.n,
         weighted_samples=float(found.n),
         bad=found.n - round((found.agreement or 0.0) * found.n),

@@ -27,8 +27,8 @@ from typing import Literal, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from schemas.calibration import BINARY_SIGNALS, CalibrationRecord, SignalCalibration, find_calibration
-from streams.windows import WindowStats, kish_ess, weighted_rate, z_for
+from schemas.calibration import CalibrationRecord, SignalCalibration, find_calibration
+from streams.windows import RateEstimate, WindowStats, kish_ess, z_for
 
 F64 = npt.NDArray[np.float64]
 #: The lower confidence bound of Se + Sp − 1 must exceed this for a correction to be reported.
@@ -38,15 +38,6 @@ SIMPLEX_WEIGHT = 1e3
 MIX_REPLICATES = 200
 METHOD = "Rogan-Gladen; delta-method interval with query-bootstrap calibration variance"
 Status = Literal["corrected", "not_identifiable", "out_of_range"]
-
-
-class RawShare(NamedTuple):
-    """A window's raw (teacher) share with its Wilson bounds and effective sample size."""
-
-    rate: float
-    lower: float
-    upper: float
-    samples: int
 
 
 class CorrectedShare(NamedTuple):
@@ -64,7 +55,7 @@ def _clip(value: float) -> float:
     return min(max(value, 0.0), 1.0)
 
 
-def rogan_gladen(raw: RawShare, calibration: SignalCalibration, confidence: float) -> CorrectedShare:
+def rogan_gladen(raw: RateEstimate, calibration: SignalCalibration, confidence: float) -> CorrectedShare:
     """The corrected share of ``raw`` under ``calibration`` at ``confidence``."""
     z = z_for(confidence)
     youden = calibration.youden
@@ -83,25 +74,6 @@ def rogan_gladen(raw: RawShare, calibration: SignalCalibration, confidence: floa
     if point + half < 0.0 or point - half > 1.0:
         return CorrectedShare("out_of_range", None, None, None, youden, youden_lower)
     return CorrectedShare("corrected", p, _clip(point - half), _clip(point + half), youden, youden_lower)
-
-
-def display_share(stats: WindowStats, displays: Sequence[str], confidence: float) -> RawShare:
-    """The window's weighted share of ok judgments whose display is in ``displays``."""
-    counters = stats.counters
-    bad_w = sum(counters.get(f"display_w:{d}", 0.0) for d in displays)
-    bad = sum(counters.get(f"display:{d}", 0.0) for d in displays)
-    estimate = weighted_rate(
-        bad_w, counters.get("w", 0.0), counters.get("w2", 0.0), stats.samples, round(bad), confidence
-    )
-    return RawShare(estimate.rate, estimate.lower, estimate.upper, estimate.samples)
-
-
-class SignalFigure(NamedTuple):
-    """A signal's raw share and its correction (None: no calibration covers this signal)."""
-
-    signal: str
-    raw: RawShare
-    corrected: CorrectedShare | None
 
 
 class GradeMix(NamedTuple):
@@ -127,19 +99,13 @@ class WindowCorrector:
         """The category's (or the pooled) calibration of ``signal``; None if it has none."""
         return self.record.for_category(category, signal)
 
-    def correct(self, category: str, signal: str, raw: RawShare, confidence: float) -> CorrectedShare | None:
+    def correct(
+        self, category: str, signal: str, raw: RateEstimate, confidence: float
+    ) -> CorrectedShare | None:
         """``raw`` corrected, or None when ``signal`` is not calibrated (error or failure-mode shares
         without golden tags)."""
         calibration = self.calibration(category, signal)
         return None if calibration is None else rogan_gladen(raw, calibration, confidence)
-
-    def signals(self, category: str, stats: WindowStats, confidence: float = 0.95) -> list[SignalFigure]:
-        """Every binary signal of the window, raw and corrected."""
-        out = []
-        for signal, displays in BINARY_SIGNALS.items():
-            raw = display_share(stats, displays, confidence)
-            out.append(SignalFigure(signal, raw, self.correct(category, signal, raw, confidence)))
-        return out
 
     def grade_mix(self, stats: WindowStats, confidence: float = 0.95, seed: int = 0) -> GradeMix:
         """The window's grade mix, raw and corrected (pooled calibration)."""
@@ -220,27 +186,13 @@ def invert_confusion(confusion: F64, observed: F64, supported: Sequence[int]) ->
     return out
 
 
-def corrector_for(record: CalibrationRecord | None) -> WindowCorrector | None:
-    """A corrector for ``record``, or None without one."""
-    return WindowCorrector(record) if record is not None else None
-
-
 def find_corrector(
     directory: Path, teacher_version: str, policy_version: str
 ) -> tuple[WindowCorrector | None, str]:
     """The corrector for this teacher and policy version from ``directory`` (None if there is no
     usable calibration) and the one line that says which, or why none."""
     found = find_calibration(directory, teacher_version, policy_version)
-    return corrector_for(found.record), found.message
-
-
-def describe(share: CorrectedShare | None) -> str:
-    """'0.21 [0.12, 0.33]', 'not identifiable', 'out of range' or '-' (not calibrated)."""
-    if share is None:
-        return "-"
-    if share.status != "corrected" or share.value is None:
-        return share.status.replace("_", " ")
-    return f"{share.value:.2f} [{share.lower:.2f}, {share.upper:.2f}]"
+    return (WindowCorrector(found.record) if found.record is not None else None), found.message
 
 
 def corrected_json(share: CorrectedShare | None) -> Mapping[str, object] | None:

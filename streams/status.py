@@ -13,16 +13,15 @@ from typing import Any
 
 import redis
 
-from schemas.calibration import find_calibration
 from schemas.judgments import CANARY_CATEGORY_PREFIX, is_canary_category
 from schemas.policy import Policy
 from schemas.settings import Settings
 from streams.alerting import AlertState
 from streams.canary import health, health_json
-from streams.correction import WindowCorrector, corrected_json, corrector_for, display_share
+from streams.correction import WindowCorrector, corrected_json, find_corrector
 from streams.pipeline import utc_from_epoch
 from streams.window_store import AlertStateStore, WindowStore
-from streams.windows import WindowStats, window_name
+from streams.windows import WindowStats, display_rate, window_name
 
 _MAX_LUA = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
@@ -120,7 +119,7 @@ SHARE_SIGNALS = {"shown": "shown_share", "related": "related_share", "filtered":
 def _share(
     stats: WindowStats, display: str, corrector: WindowCorrector | None, category: str
 ) -> dict[str, Any]:
-    raw = display_share(stats, (display,), 0.95)
+    raw = display_rate(stats.counters, (display,), 0.95)
     name = next(n for n, d in SHARES if d == display)
     corrected = corrector.correct(category, SHARE_SIGNALS[name], raw, 0.95) if corrector else None
     return {
@@ -196,8 +195,7 @@ def collect(
     teacher_version = loop_state.teacher_version()
     corrector, message = None, "no worker has recorded its teacher version: raw shares only"
     if teacher_version is not None:
-        found = find_calibration(settings.calibration_dir, teacher_version, policy.version)
-        corrector, message = corrector_for(found.record), found.message
+        corrector, message = find_corrector(settings.calibration_dir, teacher_version, policy.version)
     calibration: dict[str, Any] = {
         "teacher_version": teacher_version,
         "corrected": corrector is not None,

@@ -28,16 +28,13 @@ from functools import cached_property
 from statistics import NormalDist
 from typing import NamedTuple
 
+from schemas.calibration import BINARY_SIGNALS
 from schemas.judgments import Judgment
 from schemas.policy import AlertRule, parse_duration
 
 DEFAULT_BUCKET_SECONDS = 300
 #: Signals whose rate needs no extra argument; failure-mode rates are keyed "failure_mode_share:<id>".
 PLAIN_SIGNALS = ("filtered_share", "not_shown_share", "error_share")
-_BAD_DISPLAYS: dict[str, tuple[str, ...]] = {
-    "filtered_share": ("filter",),
-    "not_shown_share": ("filter", "related"),
-}
 
 
 def parse_window(text: str) -> int:
@@ -208,11 +205,19 @@ def rate_from_counters(
         if failure_mode is None:
             raise ValueError("failure_mode_share needs a failure_mode")
         bad_w, bad = _get(counters, f"fm_w:{failure_mode}"), _get(counters, f"fm:{failure_mode}")
-    elif signal in _BAD_DISPLAYS:
-        bad_w = sum(_get(counters, f"display_w:{d}") for d in _BAD_DISPLAYS[signal])
-        bad = sum(_get(counters, f"display:{d}") for d in _BAD_DISPLAYS[signal])
+    elif signal in BINARY_SIGNALS:
+        return display_rate(counters, BINARY_SIGNALS[signal], confidence)
     else:
         raise ValueError(f"unknown signal {signal!r}")
+    n = round(_get(counters, "n"))
+    return weighted_rate(bad_w, _get(counters, "w"), _get(counters, "w2"), n, round(bad), confidence)
+
+
+def display_rate(counters: Mapping[str, float], displays: Iterable[str], confidence: float) -> RateEstimate:
+    """The weighted share of ok judgments whose display is in ``displays``, with Wilson bounds."""
+    shown = tuple(displays)
+    bad_w = sum(_get(counters, f"display_w:{d}") for d in shown)
+    bad = sum(_get(counters, f"display:{d}") for d in shown)
     n = round(_get(counters, "n"))
     return weighted_rate(bad_w, _get(counters, "w"), _get(counters, "w2"), n, round(bad), confidence)
 

@@ -124,12 +124,11 @@ def build(policy_path: Path | None = None, allow_policy_version_bump: bool = Fal
 
 def calibration_for(directory: Path, teacher_version: str, policy_version: str) -> WindowCorrector | None:
     """The teacher's calibration as a corrector, saying at start-up which one (or warning: none)."""
-    from schemas.calibration import find_calibration
-    from streams.correction import corrector_for
+    from streams.correction import find_corrector
 
-    found = find_calibration(directory, teacher_version, policy_version)
-    (log.info if found.record is not None else log.warning)("%s", found.message)
-    return corrector_for(found.record)
+    corrector, message = find_corrector(directory, teacher_version, policy_version)
+    (log.info if corrector is not None else log.warning)("%s", message)
+    return corrector
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,9 +18,10 @@ from schemas.judgments import CanaryTag, canary_category
 from schemas.policy import Policy, load_policy
 from schemas.settings import Settings
 from streams.canary import tag_canary
-from streams.correction import display_share, rogan_gladen
+from streams.correction import rogan_gladen
 from streams.status import LoopStateStore, collect, render_json, render_table
 from streams.window_store import WindowStore
+from streams.windows import display_rate
 from tests.integration.test_window_store import END, make_judgments
 
 pytestmark = pytest.mark.integration
@@ -72,7 +73,7 @@ def test_status_shows_raw_corrected_and_canaries(
     assert report["calibration"]["failure_modes"].startswith("not corrected: the golden set carries no")
     assert set(report["categories"]) == {"Kitchen & Dining", "Décor & Art"}
     stats = WindowStore(redis_client, prefix).read("Kitchen & Dining", 86400, END + 300)
-    raw = display_share(stats, ("filter",), 0.95)
+    raw = display_rate(stats.counters, ("filter",), 0.95)
     pooled = json.loads((tmp_path / file_name("t1", policy.version)).read_text())["signals"]["filtered_share"]
     expected = rogan_gladen(raw, SignalCalibration.model_validate(pooled), 0.95)
     row = report["categories"]["Kitchen & Dining"]

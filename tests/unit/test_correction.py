@@ -11,17 +11,27 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from schemas.calibration import CalibrationRecord, CategoryRule, ConfusionCell, SignalCalibration
+from schemas.calibration import (
+    BINARY_SIGNALS,
+    CalibrationRecord,
+    CategoryRule,
+    ConfusionCell,
+    SignalCalibration,
+)
 from schemas.policy import AlertRule
 from streams.alerting import Correction, evaluate_rule
 from streams.correction import (
-    RawShare,
     WindowCorrector,
-    display_share,
     invert_confusion,
     rogan_gladen,
 )
-from streams.windows import stats_from_counters, wilson_interval
+from streams.windows import (
+    RateEstimate,
+    display_rate,
+    rate_from_counters,
+    stats_from_counters,
+    wilson_interval,
+)
 
 
 def calibration(
@@ -39,9 +49,9 @@ def calibration(
     )
 
 
-def raw(rate: float, n: int = 1000) -> RawShare:
+def raw(rate: float, n: int = 1000) -> RateEstimate:
     interval = wilson_interval(rate * n, n)
-    return RawShare(rate, interval.lower, interval.upper, n)
+    return RateEstimate(rate, interval.lower, interval.upper, n, round(rate * n))
 
 
 @pytest.mark.parametrize(
@@ -202,13 +212,15 @@ def test_category_calibration_overrides_the_pooled_one() -> None:
     assert corrector.calibration("Kitchen", "error_share") is None
 
 
-def test_corrector_reports_every_signal_and_the_grade_mix() -> None:
+def test_corrector_corrects_every_binary_signal_and_the_grade_mix() -> None:
     corrector = WindowCorrector(record())
     stats = window(40, 160)
-    figures = {f.signal: f for f in corrector.signals("Kitchen", stats)}
-    assert set(figures) == {"filtered_share", "not_shown_share", "shown_share", "related_share"}
-    assert figures["filtered_share"].raw == display_share(stats, ("filter",), 0.95)
-    corrected = figures["filtered_share"].corrected
+    for signal, displays in BINARY_SIGNALS.items():
+        raw = display_rate(stats.counters, displays, 0.95)
+        assert corrector.correct("Kitchen", signal, raw, 0.95) is not None, signal
+    raw = display_rate(stats.counters, ("filter",), 0.95)
+    assert raw == rate_from_counters(stats.counters, "filtered_share", None, 0.95)
+    corrected = corrector.correct("Kitchen", "filtered_share", raw, 0.95)
     assert corrected is not None and corrected.value == pytest.approx((0.2 + 0.9 - 1) / 0.75)
     mix = corrector.grade_mix(stats)
     assert mix.status == "corrected" and mix.corrected[1] is None and mix.corrected[3] is None
