@@ -427,8 +427,9 @@ def is_bad(judgment: Judgment, rule: AlertRule) -> bool:
         return False
     if rule.signal == "failure_mode_share":
         return rule.failure_mode in judgment.failure_modes
-    bad = ("filter",) if rule.signal == "filtered_share" else ("filter", "related")
-    return judgment.display in bad
+    if rule.signal == "canary_weighted_kappa":  # a canary the teacher graded off its golden grade
+        return judgment.canary is not None and judgment.grade != judgment.canary.golden_grade
+    return judgment.display in BINARY_SIGNALS[rule.signal]
 
 
 def example_of(judgment: Judgment) -> AlertExample:

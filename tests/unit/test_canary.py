@@ -16,13 +16,14 @@ import yaml
 from sklearn.metrics import cohen_kappa_score
 
 from evalloop.backtest import backtest, load_events, sample_pairs, sample_requests
-from judges.base import JudgeRequest, ok_judgment
+from judges.base import JudgeRequest, ok_judgment, requests_from_sample
 from judges.fake import NoopTeacher
 from schemas.events import Sample, parse_event
 from schemas.golden import GoldenItem, load_canaries, load_golden, split_golden
-from schemas.judgments import Judgment, canary_category, is_canary_category
+from schemas.judgments import CanaryTag, Judgment, canary_category, is_canary_category
 from schemas.policy import Policy, PolicyError, load_policy
 from schemas.settings import Settings, TopicSettings, TopicSpec
+from streams.alerting import is_bad
 from streams.app import create_app
 from streams.canary import canary_samples, evaluate_health, health, kappas, tag_canary
 from streams.config import StreamSettings
@@ -264,3 +265,19 @@ def test_a_health_rule_needs_canaries(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
     with pytest.raises(PolicyError, match="teacher_health rule needs canaries"):
         load_policy(path)
+
+
+def test_a_health_alerts_examples_are_the_canaries_graded_off_golden(policy: Policy) -> None:
+    rule = next(r for r in policy.alerts if r.kind == "teacher_health")
+    irrelevant = CanaryTag(golden_id="g1", golden_grade=0, golden_category="Kitchen & Dining")
+    filtered_right = tag_canary(ok_judgment(_request(), policy, "v", 0, [], "agrees"), irrelevant)
+    shown_wrong = tag_canary(ok_judgment(_request(), policy, "v", 4, [], "disagrees"), irrelevant)
+    # Whether the teacher agreed with golden decides, not what the item's display was.
+    assert is_bad(shown_wrong, rule) and not is_bad(filtered_right, rule)
+    production = ok_judgment(_request(), policy, "v", 0, [], "not a canary")
+    assert not is_bad(production, rule)
+
+
+def _request() -> JudgeRequest:
+    event = parse_event(EVENTS.open("rb").readline())
+    return requests_from_sample(Sample(event=event, inclusion_probability=1.0, policy_version="p"), 1)[0]
