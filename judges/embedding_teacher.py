@@ -40,6 +40,7 @@ from judges.features import (
 from judges.golden import GoldenItem, golden_requests, split_golden
 from schemas.judgments import Judgment
 from schemas.policy import Policy
+from schemas.settings import resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,6 @@ F64 = npt.NDArray[np.float64]
 ARTIFACT_FORMAT = "evalloop-embedding-teacher"
 ARTIFACT_FORMAT_VERSION = 2
 VERSION_PREFIX = "embedding-v2"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Candidate settings tried in grouped CV; order breaks ties, so the simplest comes first.
 KINDS = ("cumulative", "multinomial")
 C_GRID = (0.01, 0.1, 1.0, 10.0)
@@ -306,11 +306,6 @@ def load_artifact(path: Path) -> dict[str, Any]:
     if artifact.get("teacher_version") != teacher_version_of(artifact):
         raise ValueError(f"{path}: content does not match its teacher_version (edited or corrupted)")
     return artifact
-
-
-def resolve_path(path: Path) -> Path:
-    """A relative path as given if it exists from here, else relative to the repository root."""
-    return path if path.is_absolute() or path.exists() else REPO_ROOT / path
 
 
 # --------------------------------------------------------------------------- the teacher

@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError
 from schemas.base import Attributes, Identifier, ShortText, StrictModel, describe_validation_error
 from schemas.jsonl import iter_objects, load_jsonl, require_some
 from schemas.policy import Policy
+from schemas.settings import resolve_path
 
 Text = Annotated[str, Field(min_length=1, max_length=2000)]
 
@@ -87,15 +88,8 @@ def split_golden(items: Sequence[GoldenItem], policy: Policy) -> GoldenSplit:
     return GoldenSplit([item for item in items if not is_canary(item.id, policy)], canaries)
 
 
-#: The repository root, where relative golden paths resolve when not found from the working dir.
-_ROOT = Path(__file__).resolve().parents[1]
-
-
 def load_canaries(policy: Policy) -> list[GoldenItem]:
     """The canary split of the policy's golden file, when the policy feeds canaries (else [])."""
     if policy.canaries is None or policy.golden.canary.share == 0:
         return []
-    path = policy.golden.file
-    if not path.is_absolute() and not path.exists():
-        path = _ROOT / path
-    return split_golden(load_golden(path), policy).canaries
+    return split_golden(load_golden(resolve_path(policy.golden.file)), policy).canaries

@@ -203,3 +203,13 @@ class Settings(BaseSettings):
 def load_settings() -> Settings:
     """Read and validate the settings from the environment and ``.env``."""
     return Settings()
+
+
+#: The repository root: relative data and artifact paths resolve here when not found from the
+#: working directory (a worker or Ray replica may run elsewhere).
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve_path(path: Path) -> Path:
+    """``path`` as given if absolute or found from here, else relative to the repository root."""
+    return path if path.is_absolute() or path.exists() else REPO_ROOT / path

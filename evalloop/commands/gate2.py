@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from judges.calibration import Graded, Source
-from judges.embedding_teacher import resolve_path
 from judges.gate2 import Gate2Report, GroupKappa, gate2_report
 from judges.golden import GoldenFormatError, GoldenItem, check_golden, golden_requests, load_golden
 from judges.registry import backend_names, build_teacher
 from schemas.judgments import Judgment
 from schemas.policy import Policy, PolicyError, load_policy
+from schemas.settings import resolve_path
 
 DEFAULT_POLICY = "policies/product-search.yaml"
 
