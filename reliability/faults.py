@@ -159,6 +159,7 @@ class FaultSuite:
         self.producer = make_producer(run.settings)
         self.tail = TopicTail(run.settings, run.topics["judgments"])
         self.docs: dict[str, dict[str, Any]] = {}
+        self._recovery_ids: list[str] = []
 
     def close(self) -> None:
         self.tail.close()
@@ -200,13 +201,23 @@ class FaultSuite:
         """Healthy mode; send an event about every second until one is judged ok in full (events
         shed while the breaker is still open are never judged, so keep sending)."""
         self.server.state.set_mode("healthy")
-        sent: list[str] = []
+        sent = self._recovery_ids = []
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             sent += self.send()
             if wait_until(partial(self._any_ok, sent), 1.0, every_s=0.1):
                 return True
         return False
+
+    def settle(self) -> None:
+        """Wait until the last recovery's events are judged in full. A slow start leaves several
+        queued: judged under the next fault, their failures would open the shared breaker before
+        that fault's own retries run. Events shed by an open breaker never are, hence the bound."""
+        ids = self._recovery_ids
+        wait_until(lambda: all(self._complete(e, j) for e, j in self.judged(ids).items()), self.wait_s)
+
+    def _complete(self, event_id: str, judgments: list[Judgment]) -> bool:
+        return len(judgments) >= expected_items(self.docs[event_id], self.run.policy)
 
     def _any_ok(self, event_ids: list[str]) -> bool:
         for event_id, judgments in self.judged(event_ids).items():
@@ -219,6 +230,7 @@ class FaultSuite:
 
     def fault(self, mode: Mode, fail_times: int | None = None) -> FaultResult:
         """One event under ``mode``: its judgments, the attempts the server saw, their spacing."""
+        self.settle()
         since = time.monotonic()
         self.server.state.set_mode(mode, fail_times)
         (event_id,) = self.send()
