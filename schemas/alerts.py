@@ -52,6 +52,15 @@ class FailureModeShare(StrictModel):
     share: float = Field(ge=0.0, le=1.0)
 
 
+class ModelVersionShare(StrictModel):
+    """One production model version among the category's judgments in the alert's long window."""
+
+    model_version: Identifier
+    samples: int = Field(ge=0)
+    bad: int = Field(ge=0)
+    share: float = Field(ge=0.0, le=1.0)
+
+
 class AlertExample(StrictModel):
     """A judged item that shows what is wrong, with the teacher's rationale."""
 
@@ -88,7 +97,14 @@ class Alert(StrictModel):
     #: A CUSUM rule's statistic at ``updated_at`` and the level it alarms at (absent otherwise).
     statistic: float | None = Field(default=None, ge=0.0)
     alarm_level: float | None = Field(default=None, gt=0.0)
+    #: The production ``model_version`` mix behind the window, worst bad share first.
+    model_versions: Annotated[list[ModelVersionShare], Field(max_length=16)] = Field(default_factory=list)
+    #: The rule's runbook (from the policy) and the dashboard view of this category and time.
+    runbook_url: Annotated[str, Field(max_length=2000)] | None = None
+    dashboard_url: Annotated[str, Field(max_length=2000)] | None = None
+    #: ``started_at`` is the first breaching boundary; a resolved alert says how long it lasted.
     started_at: Timestamp
     fired_at: Timestamp | None = None
     resolved_at: Timestamp | None = None
+    duration_seconds: float | None = Field(default=None, ge=0.0)
     updated_at: Timestamp

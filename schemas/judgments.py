@@ -73,6 +73,8 @@ class Judgment(StrictModel):
     #: Set on golden canaries (docs/canaries.md): they roll up under ``canary_category`` only,
     #: never into production windows or exports.
     canary: CanaryTag | None = None
+    #: The production model that made the recommendation (the event's ``model_version``).
+    model_version: Identifier | None = None
 
     @model_validator(mode="after")
     def _status_consistent(self) -> Judgment:

@@ -164,6 +164,8 @@ class AlertRule(_PolicyModel):
     pending_for: Duration | None = None
     resolve_for: Duration = "5m"
     categories: list[ShortText] | None = None
+    #: Where on-call reads what to do when this rule pages; copied into every alert it emits.
+    runbook_url: Annotated[str, Field(pattern=r"^https?://\S+$", max_length=2000)] | None = None
 
     @property
     def required_samples(self) -> int:

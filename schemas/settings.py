@@ -7,7 +7,7 @@ only these settings change. Secrets are ``SecretStr`` so they never print.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -193,6 +193,9 @@ class Settings(BaseSettings):
     #: Teacher calibration records (``evalloop gate2`` writes them; the worker, status and the
     #: backtest read the one matching the teacher version). See docs/calibration.md.
     calibration_dir: Path = Path("artifacts/calibration")
+    #: Base URL of ``evalloop dashboard`` as on-call reaches it; alerts link to the category's view
+    #: there (``EVALLOOP_DASHBOARD_URL``). None: alerts carry no dashboard link.
+    dashboard_url: Annotated[str, Field(pattern=r"^https?://\S+$", max_length=1000)] | None = None
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()
     ray: RaySettings = RaySettings()

@@ -11,18 +11,20 @@ recovered when every pair's short window has enough samples and its *point* rate
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal, NamedTuple
 
-from schemas.alerts import Alert, AlertExample, CorrectedFigure, FailureModeShare, WindowFigure
+from schemas.alerts import Alert, CorrectedFigure, WindowFigure
 from schemas.calibration import BINARY_SIGNALS
-from schemas.judgments import Judgment
 from schemas.policy import AlertRule, parse_duration
 from streams.correction import CorrectedShare, WindowCorrector
 from streams.cusum import CusumDesign, bucket_design, update
+from streams.evidence import AlertEvidence, example_of, is_bad, top_failure_modes
 from streams.windows import RateEstimate, WindowStats, signal_rate, window_name
+
+__all__ = ["example_of", "is_bad", "top_failure_modes"]  # re-exported: callers import them here
 
 StateName = Literal["ok", "pending", "firing", "resolved"]
 Emit = Literal["firing", "resolved"]
@@ -375,14 +377,16 @@ def build_alert(
     category: str,
     state: AlertState,
     evaluation: RuleEvaluation,
-    top_failure_modes: Sequence[FailureModeShare],
-    examples: Sequence[AlertExample],
+    evidence: AlertEvidence,
     policy_version: str,
     now: datetime,
 ) -> Alert:
-    """The Alert to publish for ``state`` (pending, firing or resolved; never 'ok')."""
+    """The Alert to publish for ``state`` (pending, firing or resolved; never 'ok'), with what
+    on-call needs to act: failure modes, examples and model versions of the window (``evidence``),
+    the rule's runbook, and on resolve how long the incident lasted."""
     if state.state == "ok" or state.started_at is None:
         raise ValueError("an 'ok' state has no alert to build")
+    resolved_at = state.resolved_at if state.state == "resolved" else None
     return Alert(
         alert_id=alert_id_for(rule.id, category, state.started_at),
         dedup_key=dedup_key_for(rule.id, category),
@@ -394,8 +398,10 @@ def build_alert(
         signal=rule.signal if rule.failure_mode is None else f"{rule.signal}:{rule.failure_mode}",
         threshold=rule.threshold,
         windows=[figure.to_schema() for figure in evaluation.figures][:16],
-        top_failure_modes=list(top_failure_modes)[:16],
-        examples=list(examples)[:10],
+        top_failure_modes=list(evidence.failure_modes)[:16],
+        examples=list(evidence.examples)[:10],
+        model_versions=list(evidence.model_versions)[:16],
+        runbook_url=rule.runbook_url,
         policy_version=policy_version,
         estimate="corrected" if any(f.estimate == "corrected" for f in evaluation.figures) else "raw",
         calibration=evaluation.calibration,
@@ -403,45 +409,7 @@ def build_alert(
         alarm_level=evaluation.alarm_level,
         started_at=state.started_at,
         fired_at=state.fired_at,
-        resolved_at=state.resolved_at if state.state == "resolved" else None,
+        resolved_at=resolved_at,
+        duration_seconds=(resolved_at - state.started_at).total_seconds() if resolved_at else None,
         updated_at=now,
-    )
-
-
-def top_failure_modes(stats: WindowStats, limit: int = 5) -> list[FailureModeShare]:
-    """The most tagged failure modes in a window, with their share of ok judgments."""
-    counts = sorted(stats.failure_modes().items(), key=lambda item: (-item[1], item[0]))
-    total = max(stats.samples, 1)
-    return [
-        FailureModeShare(failure_mode=mode, count=count, share=min(1.0, count / total))
-        for mode, count in counts[:limit]
-        if count > 0
-    ]
-
-
-def is_bad(judgment: Judgment, rule: AlertRule) -> bool:
-    """Whether ``judgment`` counts toward ``rule``'s bad share (to pick alert examples)."""
-    if rule.signal == "error_share":
-        return judgment.status == "error"
-    if judgment.status != "ok":
-        return False
-    if rule.signal == "failure_mode_share":
-        return rule.failure_mode in judgment.failure_modes
-    if rule.signal == "canary_weighted_kappa":  # a canary the teacher graded off its golden grade
-        return judgment.canary is not None and judgment.grade != judgment.canary.golden_grade
-    return judgment.display in BINARY_SIGNALS[rule.signal]
-
-
-def example_of(judgment: Judgment) -> AlertExample:
-    """An AlertExample from a judgment, rationale included."""
-    return AlertExample(
-        judgment_id=judgment.judgment_id,
-        event_id=judgment.event_id,
-        item_id=judgment.item_id,
-        query=judgment.query,
-        item_title=judgment.item_title,
-        grade=judgment.grade,
-        display=judgment.display,
-        failure_modes=judgment.failure_modes,
-        rationale=judgment.rationale or (judgment.error or ""),
     )

@@ -16,23 +16,20 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from schemas.alerts import Alert, WindowFigure
+from schemas.alerts import Alert
 from schemas.retry import Backoff, RetryableError, call_with_retries, is_retryable_status, parse_retry_after
+from streams.payloads import pagerduty_payload, slack_payload
+
+__all__ = ["pagerduty_payload", "slack_payload"]  # re-exported: the renderers live in payloads
 
 SIGNATURE_HEADER = "X-Evalloop-Signature"
 DELIVERY_HEADER = "X-Evalloop-Delivery"
 PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
-_STATE_EMOJI = {"firing": "🔴", "resolved": "✅", "pending": "🟡"}
-_PD_SEVERITY = {"page": "critical", "ticket": "warning"}
-
-
-def _truncate(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # ---------------------------------------------------------------- generic JSON + HMAC
@@ -78,114 +75,6 @@ def verify(body: bytes, header: str, secret: bytes, tolerance_s: float, now: flo
         return False
     expected = _digest(body, secret, timestamp)
     return any(hmac.compare_digest(expected, candidate) for candidate in signatures)
-
-
-# ---------------------------------------------------------------- Slack Block Kit
-
-
-def _corrected_text(figure: WindowFigure) -> str:
-    """The bias-corrected share beside the raw one (docs/calibration.md), and which was judged."""
-    corrected = figure.corrected
-    if corrected is None:
-        return ""
-    judged = " (judged)" if figure.estimate == "corrected" else ""
-    if corrected.value is None or corrected.lower is None or corrected.upper is None:
-        return f"; corrected: {corrected.status.replace('_', ' ')}{judged}"
-    return f"; corrected *{corrected.value:.1%}* (CI {corrected.lower:.1%}–{corrected.upper:.1%}){judged}"
-
-
-def _figures_text(alert: Alert) -> str:
-    lines = [
-        f"`{f.window:>4}` raw rate *{f.rate:.1%}* (CI {f.lower:.1%}–{f.upper:.1%}), "
-        f"{f.bad}/{f.samples} bad, threshold {f.threshold:.1%}{_corrected_text(f)}"
-        for f in alert.windows
-    ]
-    return "\n".join(lines)
-
-
-def _examples_blocks(alert: Alert, limit: int = 3) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = []
-    for example in alert.examples[:limit]:
-        modes = ", ".join(example.failure_modes) or "—"
-        text = (
-            f"*{_truncate(example.query, 200)}* → {_truncate(example.item_title, 200)}\n"
-            f"grade {example.grade}, {example.display}, {modes}\n>{_truncate(example.rationale, 500)}"
-        )
-        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": text}]})
-    return blocks
-
-
-def slack_payload(alert: Alert) -> dict[str, Any]:
-    """A Slack incoming-webhook message: header, facts, window figures, failure modes, examples."""
-    emoji = _STATE_EMOJI.get(alert.state, "")
-    title = _truncate(f"{emoji} {alert.state.upper()}: {alert.rule} — {alert.category}", 150)
-    facts = [
-        f"*Category*\n{alert.category}",
-        f"*Rule*\n{alert.rule}",
-        f"*Severity*\n{alert.severity}",
-        f"*Signal*\n{alert.signal} > {alert.threshold:.0%}",
-    ]
-    blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": title, "emoji": True}},
-        {"type": "section", "fields": [{"type": "mrkdwn", "text": fact} for fact in facts]},
-        {"type": "section", "text": {"type": "mrkdwn", "text": _truncate(_figures_text(alert), 3000)}},
-    ]
-    if alert.top_failure_modes:
-        modes = "\n".join(f"• `{m.failure_mode}` {m.share:.0%} ({m.count})" for m in alert.top_failure_modes)
-        blocks.append(
-            {"type": "section", "text": {"type": "mrkdwn", "text": f"*Top failure modes*\n{modes}"}}
-        )
-    if alert.examples:
-        blocks.append({"type": "divider"})
-        blocks += _examples_blocks(alert)
-    return {"text": title, "blocks": blocks}
-
-
-# ---------------------------------------------------------------- PagerDuty Events v2
-
-
-def _pd_summary(alert: Alert) -> str:
-    long = alert.windows[0]
-    corrected = long.corrected
-    figure = f"{long.rate:.1%}"
-    if corrected is not None and corrected.value is not None:
-        figure = f"{corrected.value:.1%} corrected ({long.rate:.1%} raw)"
-    summary = (
-        f"[{alert.severity}] {alert.rule} in {alert.category}: {alert.signal} {figure} "
-        f"over {long.window} (threshold {alert.threshold:.0%}, n={long.samples})"
-    )
-    return _truncate(summary, 1024)
-
-
-def pagerduty_payload(alert: Alert, routing_key: str) -> dict[str, Any]:
-    """An Events API v2 event: trigger while pending/firing, resolve when resolved.
-
-    ``dedup_key`` is the alert's ``rule/category`` so PagerDuty folds every update of an incident
-    into one. The routing key is in the body because the Events API requires it there.
-    """
-    action = "resolve" if alert.state == "resolved" else "trigger"
-    event: dict[str, Any] = {"routing_key": routing_key, "event_action": action, "dedup_key": alert.dedup_key}
-    if action == "resolve":
-        return event  # PagerDuty ignores a payload on resolve
-    event["payload"] = {
-        "summary": _pd_summary(alert),
-        "source": "evalloop",
-        "severity": _PD_SEVERITY[alert.severity],
-        "timestamp": (alert.fired_at or alert.started_at).isoformat(),
-        "component": alert.category,
-        "group": alert.policy_version,
-        "class": alert.rule,
-        "custom_details": {
-            "alert_id": alert.alert_id,
-            "description": alert.description,
-            "estimate": alert.estimate,
-            "calibration": alert.calibration,
-            "windows": [f.model_dump(mode="json") for f in alert.windows],
-            "top_failure_modes": [m.model_dump(mode="json") for m in alert.top_failure_modes],
-            "examples": [e.model_dump(mode="json") for e in alert.examples[:5]],
-        },
-    }
-    return event
 
 
 # ---------------------------------------------------------------- targets and delivery

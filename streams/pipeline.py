@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple, Protocol
 
-from schemas.alerts import Alert, AlertExample
+from schemas.alerts import Alert, AlertExample, ModelVersionShare
 from schemas.base import SchemaError
 from schemas.deadletter import DeadLetter, SourcePosition
 from schemas.events import (
@@ -35,21 +35,28 @@ from streams.alerting import (
     cusum_statistic,
     evaluate_cusum,
     evaluate_rule,
-    example_of,
-    is_bad,
     required_windows,
-    top_failure_modes,
     transition,
 )
 from streams.canary import evaluate_health
 from streams.correction import WindowCorrector
 from streams.deadletter import dead_letter, from_schema_error
+from streams.evidence import (
+    AlertEvidence,
+    EventWindow,
+    example_of,
+    is_bad,
+    model_version_mix,
+    top_failure_modes,
+)
 from streams.sampling import SampleDecision, Sampler
 from streams.watermark import PairedWatermarks, PartitionedWatermark
 from streams.windows import WindowAggregate, WindowStats
 
 #: Recent judgments kept per category to pick alert examples from.
-RECENT_PER_CATEGORY = 200
+RECENT_PER_CATEGORY = 2000
+#: The window a rule without burn windows (CUSUM) draws its examples from.
+EXAMPLES_WINDOW_S = 3600
 
 
 # --------------------------------------------------------------------------- validate
@@ -226,7 +233,8 @@ def aggregate(
 
 
 class RecentExamples:
-    """The latest judgments per category, so alert payloads can show what went wrong."""
+    """The latest judgments per category (bounded, in memory, since the worker started), so an
+    alert can show examples and the production model versions of the window it fired on."""
 
     def __init__(self, per_category: int = RECENT_PER_CATEGORY) -> None:
         self._per_category = per_category
@@ -238,15 +246,30 @@ class RecentExamples:
             kept = self._by_category.setdefault(judgment.category, deque(maxlen=self._per_category))
             kept.append(judgment)
 
-    def examples(self, category: str, rule: AlertRule, limit: int = 5) -> list[AlertExample]:
-        """Up to ``limit`` of the newest judgments of ``category`` that count as bad for ``rule``."""
-        chosen: dict[str, Judgment] = {}
-        for judgment in reversed(self._by_category.get(category, ())):
-            if is_bad(judgment, rule) and judgment.judgment_id not in chosen:
-                chosen[judgment.judgment_id] = judgment
+    def in_window(self, category: str, window: EventWindow) -> list[Judgment]:
+        """The kept judgments of ``category`` whose event time is in ``window``, newest (event
+        time, then arrival) first."""
+        kept = self._by_category.get(category, ())
+        inside = [j for j in reversed(kept) if window.start < j.event_time.timestamp() <= window.end]
+        return sorted(inside, key=lambda j: j.event_time, reverse=True)
+
+    def examples(
+        self, category: str, rule: AlertRule, window: EventWindow | None = None, limit: int = 5
+    ) -> list[AlertExample]:
+        """Up to ``limit`` bad judgments (for ``rule``) from ``window`` (default: any kept), newest
+        first, one per (query, item): a redelivered or repeated pair is shown once."""
+        candidates = self.in_window(category, window or EventWindow(float("-inf"), float("inf")))
+        chosen: dict[tuple[str, str], Judgment] = {}
+        for judgment in candidates:
+            if is_bad(judgment, rule):
+                chosen.setdefault((judgment.query, judgment.item_id), judgment)
                 if len(chosen) >= limit:
                     break
         return [example_of(j) for j in chosen.values()]
+
+    def model_versions(self, category: str, rule: AlertRule, window: EventWindow) -> list[ModelVersionShare]:
+        """The production model versions among the window's kept ok judgments, worst bad share first."""
+        return model_version_mix(self.in_window(category, window), rule)
 
 
 # --------------------------------------------------------------------------- alerts
@@ -303,12 +326,20 @@ def evaluate_alerts(
         stored = states.put(rule.id, category, verdict.new_state, state.version)
         if stored is None or verdict.emit is None:
             continue
-        modes = top_failure_modes(verdict.widest)
-        shown = examples.examples(category, rule) if examples is not None else []
-        alerts.append(
-            build_alert(rule, category, stored, verdict.evaluation, modes, shown, policy.version, at)
+        context = _context(
+            examples, category, rule, EventWindow.ending(at, max(windows, default=EXAMPLES_WINDOW_S))
         )
+        evidence = AlertEvidence(top_failure_modes(verdict.widest), *context)
+        alerts.append(build_alert(rule, category, stored, verdict.evaluation, evidence, policy.version, at))
     return alerts
+
+
+def _context(
+    examples: RecentExamples | None, category: str, rule: AlertRule, window: EventWindow
+) -> tuple[list[AlertExample], list[ModelVersionShare]]:
+    if examples is None:
+        return [], []
+    return examples.examples(category, rule, window), examples.model_versions(category, rule, window)
 
 
 @dataclass

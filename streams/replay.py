@@ -35,6 +35,8 @@ class Degradation:
     end: datetime | None = None
     fraction: float = 0.5
     seed: int = 7
+    #: The production ``model_version`` degraded events carry (a bad rollout); None: unchanged.
+    model_version: str | None = None
 
     def applies(self, category: str, event_time: datetime) -> bool:
         """Whether an event of ``category`` at ``event_time`` is degraded."""
@@ -184,6 +186,8 @@ def build_records(
             if swapped:
                 counts.degraded_events += 1
                 counts.swapped_items += swapped
+                if degradation.model_version is not None:
+                    doc["model_version"] = degradation.model_version
                 value = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
         key_text = doc.get(key_by)
         key = str(key_text).encode() if key_text is not None else None

@@ -37,6 +37,7 @@ from streams.evaluation import (
     close_out_point,
     owned_categories,
 )
+from streams.evidence import with_dashboard_link
 from streams.metrics import LoopMetrics
 from streams.notify import RetryPolicy, WebhookSender, WebhookTarget, deliver
 from streams.stage_state import StageState
@@ -224,6 +225,7 @@ async def handle_samples(c: Components, batch: Sequence[Incoming]) -> list[Judgm
     requests: list[pipeline.TeacherRequest] = []
     headers: list[tuple[tuple[str, bytes], ...]] = []
     tags: list[CanaryTag | None] = []
+    model_versions: list[str] = []
     for item in batch:
         chosen = _parse_sample(item.raw, item.source, c, out)
         if chosen is None:
@@ -236,8 +238,12 @@ async def handle_samples(c: Components, batch: Sequence[Incoming]) -> list[Judgm
         requests += pairs
         headers += [header] * len(pairs)
         tags += [chosen.canary] * len(pairs)
+        model_versions += [chosen.event.model_version] * len(pairs)
     judged = await c.teacher.judge(requests) if requests else []
-    judgments = [tag_canary(judgment, tag) for judgment, tag in zip(judged, tags, strict=True)]
+    judgments = [
+        tag_canary(judgment, tag).model_copy(update={"model_version": version})
+        for judgment, tag, version in zip(judged, tags, model_versions, strict=True)
+    ]
     for judgment, header in zip(judgments, headers, strict=True):
         c.metrics.add("judged_ok" if judgment.status == "ok" else "judged_error", category=judgment.category)
         out.add(
@@ -387,6 +393,7 @@ async def evaluate_until(c: Components, target: Target, touched: frozenset[str])
         if mark is not None:
             await asyncio.to_thread(c.loop_state.set_watermark, mark)
         alerts = await asyncio.to_thread(_evaluate_owned, c, target, touched)
+        alerts = [with_dashboard_link(a, c.settings.dashboard_url) for a in alerts]
         for alert in alerts:
             c.metrics.add("alerts_emitted", category=alert.category, state=alert.state)
             log.warning("alert %s %s %s", alert.state, alert.rule, alert.category)

@@ -33,13 +33,16 @@ from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from schemas.alerts import Alert
 from schemas.judgments import Judgment
 from schemas.policy import Policy, load_policy
 from schemas.settings import Settings
 from streams.export import export_judgments
+from streams.notify import pagerduty_payload, slack_payload
 from streams.pipeline import MemoryWindowStore
 from streams.replay import Degradation, parse_time, replay
 from streams.window_store import WindowStore
+from tests.support.payload_rules import pagerduty_problems, slack_problems
 from tests.support.policies import burn_rate_policy
 from tests.support.stub_teacher import stub_server
 
@@ -271,15 +274,20 @@ def test_loop_degradation_fires_and_resolves_for_that_category_only(
     topics_for: Callable[[Run], None],
     worker: Callable[[Run], subprocess.Popen[bytes]],
 ) -> None:
-    policy_path = burn_rate_policy(tmp_path)
+    policy_path = burn_rate_policy(tmp_path, runbook_url=RUNBOOK)
     server = stub_server(load_policy(policy_path))
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/teacher"
         run = _make_run(settings, policy_path, url, "alert")
+        run.env["EVALLOOP_DASHBOARD_URL"] = DASHBOARD
         topics_for(run)
         worker(run)
         degradation = Degradation(
-            DEGRADED, parse_time("2024-06-01T02:00:00Z"), parse_time("2024-06-01T05:00:00Z"), fraction=0.8
+            DEGRADED,
+            parse_time("2024-06-01T02:00:00Z"),
+            parse_time("2024-06-01T05:00:00Z"),
+            fraction=0.8,
+            model_version=ROLLOUT,
         )
         counts = replay(EVENTS, run.settings, speed=None, degradation=degradation, limit=SLICE)
         assert counts.degraded_events > 0 and counts.swapped_items > 0
@@ -298,3 +306,40 @@ def test_loop_degradation_fires_and_resolves_for_that_category_only(
     firing = alerts[0]
     assert firing["examples"] and firing["top_failure_modes"][0]["failure_mode"] == "off_department"
     assert parse_time(firing["started_at"]) >= degradation.start  # type: ignore[operator]
+    check_actionable(firing, alerts[1], policy_path)
+
+
+RUNBOOK = "https://runbooks.example.org/evalloop/filtered-share-burn"
+DASHBOARD = "http://127.0.0.1:8050"
+ROLLOUT = "ranker-rollout-v2"
+#: Where the test leaves the fired alert's webhook bodies (docs/webhooks.md shows them).
+PAYLOADS_DIR = ROOT / ".evalloop" / "test-artifacts" / "alert-payloads"
+
+
+def check_actionable(firing: dict[str, Any], resolved: dict[str, Any], policy_path: Path) -> None:
+    """What on-call needs: examples from the firing window only (by event time, no pair twice),
+    the bad rollout named first among model versions, links, runbook, start and duration; the
+    Slack and PagerDuty bodies valid under their published rules, saved for the docs."""
+    policy = load_policy(policy_path)
+    at = parse_time(firing["updated_at"]).timestamp()
+    longest = max(w["seconds"] for w in firing["windows"])
+    times = {
+        json.loads(line)["event_id"]: parse_time(json.loads(line)["event_time"]) for line in EVENTS.open()
+    }
+    for example in firing["examples"]:
+        assert at - longest < times[example["event_id"]].timestamp() <= at, (example, firing["updated_at"])
+    pairs = [(e["query"], e["item_id"]) for e in firing["examples"]]
+    assert len(pairs) == len(set(pairs))
+    assert firing["model_versions"][0]["model_version"] == ROLLOUT and firing["model_versions"][0]["bad"] > 0
+    assert firing["runbook_url"] == RUNBOOK and firing["dashboard_url"].startswith(DASHBOARD + "/?category=")
+    assert resolved["duration_seconds"] == pytest.approx(
+        (parse_time(resolved["resolved_at"]) - parse_time(resolved["started_at"])).total_seconds()
+    )
+    assert policy.alerts[0].runbook_url == RUNBOOK
+    PAYLOADS_DIR.mkdir(parents=True, exist_ok=True)
+    for state, doc in (("firing", firing), ("resolved", resolved)):
+        alert = Alert.model_validate_json(json.dumps(doc))
+        slack, pd = slack_payload(alert), pagerduty_payload(alert, "R" * 32)
+        assert slack_problems(slack) == [] and pagerduty_problems(pd) == []
+        for kind, body in (("slack", slack), ("pagerduty", pd)):
+            (PAYLOADS_DIR / f"{kind}-{state}.json").write_text(json.dumps(body, indent=2, ensure_ascii=False))

@@ -10,7 +10,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def burn_rate_policy(directory: Path, name: str = "policy.yaml") -> Path:
+def burn_rate_policy(directory: Path, name: str = "policy.yaml", runbook_url: str | None = None) -> Path:
     """The bundled policy with every event sampled and one filtered-share page rule with windows
     sized for a slice of the bundled day (2 h / 1 h, 20 samples, threshold 0.4, resolve after 30 m)."""
     rule = {
@@ -22,6 +22,8 @@ def burn_rate_policy(directory: Path, name: str = "policy.yaml") -> Path:
         "severity": "page",
         "resolve_for": "30m",
     }
+    if runbook_url is not None:
+        rule["runbook_url"] = runbook_url
     return policy_with_rules(directory, [rule], name)
 
 

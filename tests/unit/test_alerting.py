@@ -23,6 +23,7 @@ from streams.alerting import (
     top_failure_modes,
     transition,
 )
+from streams.evidence import AlertEvidence
 from streams.windows import WindowAggregate, WindowStats, counter_updates, merge_counts
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -215,7 +216,8 @@ def test_build_alert() -> None:
     bad = [judgment(f"b{k}", True, "wrong_product_type") for k in range(3)]
     examples = [example_of(j) for j in bad if is_bad(j, r)]
     modes = top_failure_modes(stats(7200, 40, 10, "wrong_product_type"))
-    alert = build_alert(r, "Kitchen & Dining", firing, evaluation, modes, examples, "p1", T0)
+    evidence = AlertEvidence(modes, examples)
+    alert = build_alert(r, "Kitchen & Dining", firing, evaluation, evidence, "p1", T0)
     assert isinstance(alert, Alert)
     assert alert.dedup_key == "filtered-share-burn/Kitchen & Dining"
     assert alert.alert_id == alert_id_for(r.id, "Kitchen & Dining", T0)
@@ -225,7 +227,7 @@ def test_build_alert() -> None:
     assert alert.top_failure_modes[0].share == pytest.approx(0.8)
     assert alert.examples[0].rationale == "different product"
     with pytest.raises(ValueError):
-        build_alert(r, "x", AlertState(), evaluation, [], [], "p1", T0)
+        build_alert(r, "x", AlertState(), evaluation, AlertEvidence(), "p1", T0)
 
 
 def test_alert_id_deterministic() -> None:

@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from schemas.alerts import Alert, AlertExample, CorrectedFigure, FailureModeShare, WindowFigure
+from schemas.alerts import (
+    Alert,
+    AlertExample,
+    CorrectedFigure,
+    FailureModeShare,
+    ModelVersionShare,
+    WindowFigure,
+)
 from streams.notify import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
@@ -24,6 +31,7 @@ from streams.notify import (
     slack_payload,
     verify,
 )
+from tests.support.payload_rules import pagerduty_problems, slack_problems
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SECRET = b"s3cret-hmac"
@@ -173,7 +181,7 @@ def test_pagerduty_payload(state: str, severity: str, action: str, pd_severity: 
     assert payload["severity"] == pd_severity
     assert payload["component"] == "Kitchen & Dining"
     assert payload["class"] == "filtered-share-burn"
-    assert payload["source"] == "evalloop"
+    assert payload["source"] == "Kitchen & Dining"  # the affected category, not the tool
     assert payload["group"] == "product-search-2026.11.1"
     assert 0 < len(payload["summary"]) <= 1024 and "50.0%" in payload["summary"]
     assert payload["custom_details"]["windows"][0]["window"] == "2h"
@@ -289,3 +297,88 @@ def test_one_bad_target_never_blocks_the_others() -> None:
     results = deliver(alert(), targets(), Exploding(), sleep=lambda _: None)
     assert [r.ok for r in results] == [True, False, True]
     assert results[1].error == "RuntimeError"  # type only: the URL (a secret) is not echoed
+
+
+DASHBOARD = "http://127.0.0.1:8050/?category=Kitchen+%26+Dining&from=2026-03-01T09%3A00%3A00%2B00%3A00"
+RUNBOOK = "https://runbooks.example/filtered-share"
+
+
+def actionable(state: str = "firing") -> Alert:
+    """An alert with everything on-call acts on: links, model versions, a duration on resolve."""
+    versions = [
+        ModelVersionShare(model_version="ranker-v7", samples=80, bad=52, share=0.65),
+        ModelVersionShare(model_version="ranker-v6", samples=40, bad=8, share=0.2),
+    ]
+    return alert(
+        state,
+        dashboard_url=DASHBOARD,
+        runbook_url=RUNBOOK,
+        model_versions=versions,
+        duration_seconds=5400.0 if state == "resolved" else None,
+    )
+
+
+@pytest.mark.parametrize("state", ["firing", "resolved", "pending"])
+def test_slack_payload_follows_block_kit_and_carries_the_actions(state: str) -> None:
+    message = slack_payload(actionable(state))
+    assert slack_problems(message) == []
+    facts = " ".join(field["text"] for field in message["blocks"][1]["fields"])
+    assert "2026-03-01 12:00 UTC" in facts  # started
+    assert ("1h 30m" in facts) == (state == "resolved")  # how long it lasted
+    (actions,) = [b for b in message["blocks"] if b["type"] == "actions"]
+    assert {e["url"] for e in actions["elements"]} == {DASHBOARD, RUNBOOK}
+    models = next(
+        b["text"]["text"] for b in message["blocks"] if "model versions" in b.get("text", {}).get("text", "")
+    )
+    assert models.index("ranker-v7") < models.index("ranker-v6") and "52/80" in models
+
+
+def test_slack_payload_without_links_has_no_empty_actions() -> None:
+    message = slack_payload(alert())
+    assert slack_problems(message) == [] and all(b["type"] != "actions" for b in message["blocks"])
+
+
+@pytest.mark.parametrize("state", ["firing", "resolved"])
+def test_pagerduty_event_follows_events_v2_and_links_out(state: str) -> None:
+    event = pagerduty_payload(actionable(state), ROUTING_KEY)
+    assert pagerduty_problems(event) == []
+    if state == "resolved":
+        return
+    assert event["client"] == "evalloop" and event["client_url"] == DASHBOARD
+    assert [link["href"] for link in event["links"]] == [DASHBOARD, RUNBOOK]
+    assert "worst model ranker-v7" in event["payload"]["summary"]
+    details = event["payload"]["custom_details"]
+    assert details["started_at"] == T0.isoformat() and details["model_versions"][0]["bad"] == 52
+
+
+@pytest.mark.parametrize(
+    ("broken", "problem"),
+    [
+        ({"event_action": "explode"}, "bad event_action"),
+        ({"routing_key": "short"}, "routing_key"),
+        ({"extra": 1}, "unknown top-level field extra"),
+        ({"links": [{"url": "x"}]}, "bad link"),
+    ],
+)
+def test_pagerduty_rules_catch_what_they_should(broken: dict[str, Any], problem: str) -> None:
+    event = {**pagerduty_payload(actionable(), ROUTING_KEY), **broken}
+    assert any(problem in p for p in pagerduty_problems(event))
+
+
+def test_slack_rules_catch_what_they_should() -> None:
+    message = slack_payload(actionable())
+    message["blocks"][0]["text"]["text"] = "x" * 151
+    message["blocks"].append(
+        {
+            "type": "actions",
+            "elements": [
+                {"type": "button", "text": {"type": "mrkdwn", "text": "a"}, "action_id": "open_dashboard"}
+            ],
+        }
+    )
+    problems = " ".join(slack_problems(message))
+    assert (
+        "text length 151" in problems
+        and "must be plain_text" in problems
+        and "duplicate action_id" in problems
+    )
