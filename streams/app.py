@@ -206,7 +206,16 @@ def _add_timer(loop: EvalloopApp) -> None:
             c.metrics.add("stage_retries", stage="idle")
             log.exception("idle close-out failed; retrying at the next check")
 
+    async def refresh_gauges() -> None:
+        if c.refresh_gauges is None:
+            return
+        try:  # Redis or Kafka away: the gauges keep their last values until the next tick
+            await asyncio.to_thread(c.refresh_gauges)
+        except Exception as error:
+            log.warning("metrics: status gauges not refreshed (%s: %s)", type(error).__name__, error)
+
     loop.app.timer(c.stream.log_interval_s, name="evalloop.log_counters")(log_counters)
+    loop.app.timer(c.stream.metrics_refresh_s, name="evalloop.refresh_gauges")(refresh_gauges)
     loop.app.timer(c.stream.idle_check_s, name="evalloop.idle_close_out")(close_out_when_idle)
 
 

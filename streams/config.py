@@ -20,7 +20,7 @@ class StreamSettings(BaseSettings):
     """Knobs of the streaming worker (``EVALLOOP_STREAM_*``); everything else is in ``Settings``."""
 
     model_config = SettingsConfigDict(
-        env_prefix="EVALLOOP_STREAM_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="EVALLOOP_STREAM_", env_file=".env", extra="ignore", frozen=True, env_parse_none_str="null"
     )
 
     app_id: str = Field(default="evalloop", pattern=r"^[A-Za-z0-9._-]+$")
@@ -67,6 +67,12 @@ class StreamSettings(BaseSettings):
     #: JSON or YAML list of ``streams.notify.WebhookTarget`` objects.
     webhooks_file: str | None = None
     log_interval_s: float = Field(default=30.0, gt=0.0)
+    #: Prometheus ``/metrics`` (docs/metrics.md): loopback by default; port 0 takes a free port,
+    #: None (``EVALLOOP_STREAM_METRICS_PORT=null``) serves nothing. OTLP push: ``OTEL_EXPORTER_OTLP_*``.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=9464, ge=0, le=65535)
+    #: How often (wall seconds) the status gauges (shares, alert states, canaries, lag) refresh.
+    metrics_refresh_s: float = Field(default=15.0, gt=0.0)
     #: A partition silent this long (wall seconds) stops holding the event-time watermark back.
     partition_idle_s: float = Field(default=10.0, gt=0.0)
     #: No judgment for this long (wall seconds): the input is caught up, the watermark closes out

@@ -98,6 +98,9 @@ class Components:
     corrector: WindowCorrector | None = None
     #: The golden canary split the sample stage draws live canaries from (docs/canaries.md).
     canaries: Sequence[GoldenItem] = ()
+    #: Refreshes the status gauges (shares, alert states, canaries, lag) from the stores; run
+    #: off the event loop by a timer (streams.telemetry). None: no exporter wants them.
+    refresh_gauges: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         #: What the stages remember between batches (streams.stage_state).

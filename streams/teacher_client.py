@@ -39,6 +39,7 @@ from schemas.retry import (
     parse_retry_after,
 )
 from schemas.verdicts import error_judgment, judgment_problem
+from streams.metrics import LoopMetrics
 from streams.pipeline import TeacherRequest
 
 log = logging.getLogger(__name__)
@@ -169,8 +170,11 @@ class ServeTeacherClient:
         http: httpx.AsyncClient | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         policy: Policy | None = None,
+        metrics: LoopMetrics | None = None,
     ) -> None:
         self.url = url
+        #: Where each call's duration and size go (``evalloop.teacher.call.*``); None: nowhere.
+        self.metrics = metrics
         self.policy_version = policy_version
         #: When given, ok judgments are checked against it (see ``off_policy_reason``).
         self.policy = policy
@@ -230,9 +234,11 @@ class ServeTeacherClient:
         if not self.breaker.allow():
             self.counters.rejected_by_breaker += 1
             raise TeacherCallError("circuit open", retryable=False)
+        started = time.perf_counter()
         try:
             async with self._semaphore:
                 self.counters.calls += 1
+                started = time.perf_counter()
                 judgments = await asyncio.wait_for(self._post(batch), self.timeout_s)
         except TimeoutError:
             failure = TeacherCallError("timeout", retryable=True)
@@ -240,13 +246,22 @@ class ServeTeacherClient:
             failure = error
         else:
             self.breaker.record_success()
+            self._observe(started, len(batch), "ok")
             return judgments
+        self._observe(started, len(batch), "error")
         self.counters.failed_calls += 1
         if failure.teacher_fault:
             self.breaker.record_failure()
         else:
             self.breaker.record_success()
         raise failure
+
+    def _observe(self, started: float, pairs: int, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.observe(
+                "evalloop.teacher.call.duration", time.perf_counter() - started, outcome=outcome
+            )
+            self.metrics.observe("evalloop.teacher.call.pairs", pairs)
 
     async def _post(self, batch: Sequence[TeacherRequest]) -> list[Judgment]:
         body = {"requests": [r.model_dump(mode="json") for r in batch]}

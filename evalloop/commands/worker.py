@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +65,7 @@ def build(policy_path: Path | None = None, allow_policy_version_bump: bool = Fal
     from streams.stages import Components
     from streams.status import LoopStateStore, redis_from_settings
     from streams.teacher_client import CircuitBreaker, ServeTeacherClient, check_teacher, serve_url
+    from streams.telemetry import start_telemetry
     from streams.window_store import AlertStateStore, WindowStore
 
     settings = load_settings()
@@ -88,6 +90,7 @@ def build(policy_path: Path | None = None, allow_policy_version_bump: bool = Fal
             len(canaries),
             100 * policy.canaries.rate,
         )
+    telemetry = start_telemetry(stream.metrics_host, stream.metrics_port)
     breaker = CircuitBreaker(stream.breaker_failures, stream.breaker_cooldown_s)
     teacher = ServeTeacherClient(
         url,
@@ -98,6 +101,7 @@ def build(policy_path: Path | None = None, allow_policy_version_bump: bool = Fal
         max_batch=stream.teacher_max_batch,
         breaker=breaker,
         policy=policy,
+        metrics=telemetry.metrics,
     )
     loop_state = LoopStateStore(client, prefix)
     loop_state.set_teacher_version(str(info.get("teacher_version")))
@@ -118,8 +122,28 @@ def build(policy_path: Path | None = None, allow_policy_version_bump: bool = Fal
         loop_state=loop_state,
         corrector=corrector,
         canaries=canaries,
+        metrics=telemetry.metrics,
+        refresh_gauges=gauge_refresher(settings, policy, client, stream, telemetry.metrics),
     )
     return create_app(components)
+
+
+def gauge_refresher(settings: Any, policy: Any, client: Any, stream: Any, metrics: Any) -> Callable[[], None]:
+    """Reads what ``evalloop status`` shows (its default: the longest rule window) and the
+    consumer group's lag, and sets the gauges from them."""
+    from streams.offsets import group_lag
+    from streams.status import collect, known_windows
+    from streams.telemetry import status_gauges
+
+    windows = known_windows(policy)
+    window_s = windows[-1] if windows else 3600
+    topics = [settings.topics.events.name, settings.topics.samples.name, settings.topics.judgments.name]
+
+    def refresh() -> None:
+        report = collect(settings, policy, client, window_s, stream.bucket_seconds)
+        status_gauges(metrics, report, group_lag(settings, stream.app_id, topics))
+
+    return refresh
 
 
 def calibration_for(directory: Path, teacher_version: str, policy_version: str) -> WindowCorrector | None:

@@ -18,6 +18,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,11 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
+from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.alerts import Alert
 from schemas.judgments import Judgment
@@ -280,8 +283,10 @@ def test_loop_degradation_fires_and_resolves_for_that_category_only(
         url = f"http://127.0.0.1:{server.server_address[1]}/teacher"
         run = _make_run(settings, policy_path, url, "alert")
         run.env["EVALLOOP_DASHBOARD_URL"] = DASHBOARD
+        metrics_url = _serve_metrics(run)
         topics_for(run)
         worker(run)
+        before = _scrape_when_up(metrics_url)
         degradation = Degradation(
             DEGRADED,
             parse_time("2024-06-01T02:00:00Z"),
@@ -298,6 +303,8 @@ def test_loop_degradation_fires_and_resolves_for_that_category_only(
         alerts = [
             json.loads(v) for v in _consume(run.settings, run.topics["alerts"], fired_and_resolved, 120)
         ]
+        time.sleep(1.5)  # one gauge refresh after the resolve
+        check_scrapes(before, _scrape(metrics_url))
     finally:
         server.shutdown()
         WindowStore(redis_client, run.prefix).clear()
@@ -307,6 +314,56 @@ def test_loop_degradation_fires_and_resolves_for_that_category_only(
     assert firing["examples"] and firing["top_failure_modes"][0]["failure_mode"] == "off_department"
     assert parse_time(firing["started_at"]) >= degradation.start  # type: ignore[operator]
     check_actionable(firing, alerts[1], policy_path)
+
+
+def _serve_metrics(run: Run) -> str:
+    """Point the worker's /metrics at a free loopback port, refreshing the gauges every second."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    run.env.update({"EVALLOOP_STREAM_METRICS_PORT": str(port), "EVALLOOP_STREAM_METRICS_REFRESH_S": "1"})
+    return f"http://127.0.0.1:{port}/metrics"
+
+
+Scrape = dict[str, list[Any]]
+
+
+def _scrape(url: str) -> Scrape:
+    samples: Scrape = {}
+    for family in text_string_to_metric_families(httpx.get(url, timeout=5).text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+    return samples
+
+
+def _scrape_when_up(url: str, timeout_s: float = 60.0) -> Scrape:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return _scrape(url)
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _total(scrape: Scrape, name: str, **labels: str) -> float:
+    return sum(s.value for s in scrape.get(name, []) if labels.items() <= s.labels.items())
+
+
+def check_scrapes(before: Scrape, after: Scrape) -> None:
+    """The counters and histograms moved during the run; the gauges show the category's window,
+    its resolved alert and the group's (caught-up) lag."""
+    for name in ("evalloop_events_seen_total", "evalloop_judged_ok_total", "evalloop_windows_applied_total"):
+        assert _total(after, name) > _total(before, name), name
+    assert _total(after, "evalloop_alerts_emitted_total", category=DEGRADED) == 2
+    assert _total(after, "evalloop_teacher_call_duration_seconds_count", outcome="ok") > 0
+    assert _total(after, "evalloop_teacher_call_pairs_sum") >= _total(after, "evalloop_judged_ok_total")
+    share = {"category": DEGRADED, "share": "filtered", "estimate": "raw", "bound": "point"}
+    assert 0.0 < _total(after, "evalloop_window_share", **share) <= 1.0
+    state = {"rule": "filtered-share-burn", "category": DEGRADED}
+    assert _total(after, "evalloop_alert_state", **state, state="resolved") == 1.0
+    assert after.get("evalloop_consumer_lag"), "no consumer lag gauge"
 
 
 RUNBOOK = "https://runbooks.example.org/evalloop/filtered-share-burn"
