@@ -53,13 +53,20 @@ class DemoConfig:
     settle_s: float = 20.0
     timeout_s: float = 900.0
     backend: str | None = None
+    #: The production model version the degraded events carry: a bad rollout the alerts name.
+    rollout: str = "wands-synthetic-slates-v2-rollout"
+    dashboard_port: int = 8050
 
     def degradation(self) -> Degradation:
         """The degradation this demo injects, for the live replay and the backtest alike."""
         from streams.replay import Degradation, parse_time
 
         return Degradation(
-            self.category, parse_time(self.degrade_from), parse_time(self.degrade_to), self.fraction
+            self.category,
+            parse_time(self.degrade_from),
+            parse_time(self.degrade_to),
+            self.fraction,
+            model_version=self.rollout,
         )
 
 
@@ -144,6 +151,25 @@ def start_worker(env: dict[str, str], log_path: Path, loglevel: str = "warning")
     return subprocess.Popen(
         command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
+
+
+def start_dashboard(
+    env: dict[str, str], log_path: Path, port: int
+) -> tuple[subprocess.Popen[bytes], str | None]:
+    """``evalloop dashboard`` for this run; its URL (None when it could not start: see its log).
+    A busy ``port`` falls back to a free one."""
+    for attempt in (port, 0):
+        log = log_path.open("ab")
+        command = [sys.executable, "-m", "evalloop.cli", "dashboard", "--port", str(attempt)]
+        process = subprocess.Popen(
+            command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=log, start_new_session=True
+        )
+        assert process.stdout is not None
+        line = process.stdout.readline().decode().strip()  # its URL, or EOF when it exits
+        if line.startswith("evalloop dashboard: http"):
+            return process, line.removeprefix("evalloop dashboard: ")
+        process.wait(10)
+    return process, None
 
 
 def stop_worker(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
@@ -315,7 +341,14 @@ def run_demo(config: DemoConfig) -> int:
         flush=True,
     )
     deploy(settings, config.policy_file, config.backend)
-    worker = start_worker(env, settings.state_dir / "logs" / f"{run_id}-worker.log")
+    logs = settings.state_dir / "logs"
+    dashboard, url = start_dashboard(env, logs / f"{run_id}-dashboard.log", config.dashboard_port)
+    if url is not None:
+        env["EVALLOOP_DASHBOARD_URL"] = url.rstrip("/")
+        print(f"dashboard: {url} (open it while the run goes; alerts link to it)", flush=True)
+    else:
+        print(f"dashboard: did not start, see {logs / f'{run_id}-dashboard.log'}", flush=True)
+    worker = start_worker(env, logs / f"{run_id}-worker.log")
     feed = AlertFeed(settings)
     feed.start()
     try:
@@ -323,7 +356,9 @@ def run_demo(config: DemoConfig) -> int:
     finally:
         feed.stop.set()
         stop_worker(worker)
+        stop_worker(dashboard)
         shutdown()
+        _reopen_hint(env)
         print(
             f"stopped the worker and the teacher; state of this run stays under Redis prefix "
             f"{settings.redis.key_prefix} (see `EVALLOOP_REDIS__KEY_PREFIX={settings.redis.key_prefix} "
@@ -367,3 +402,13 @@ def _drive(config: DemoConfig, settings: Settings, feed: AlertFeed, run_id: str)
         )
     )
     return 0 if ok and finished else 1
+
+
+def _reopen_hint(env: dict[str, str]) -> None:
+    keep = {
+        k: v
+        for k, v in env.items()
+        if k.startswith(("EVALLOOP_TOPICS__", "EVALLOOP_REDIS__", "EVALLOOP_POLICY"))
+    }
+    assignments = " ".join(f"{key}='{value}'" for key, value in sorted(keep.items()))
+    print(f"to look at this run again: {assignments} .venv/bin/evalloop dashboard", flush=True)

@@ -40,11 +40,14 @@ else
   touch "$stamp"
 fi
 
-# 2. Debian packages: redis-server (not started by the package), JDK 17 and Maven for Kafka -------
+# 2. Debian packages: redis-server (not started by the package), JDK 17 and Maven for Kafka, and
+#    Chromium with its chromedriver for the dashboard's browser test (never a downloaded browser) --
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     log "apt-get install ${missing[*]}"
@@ -56,7 +59,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     exit 1
   fi
 else
-  log "redis-server, java and mvn found"
+  log "redis-server, java, mvn, chromium and chromedriver found"
 fi
 
 # 3. Kafka jars (pinned in infra/kafka/pom.xml) into the state dir; skipped when already there -----

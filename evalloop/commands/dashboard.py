@@ -1,0 +1,87 @@
+"""`evalloop dashboard`: the page on loopback over the stores `status` reads (docs/dashboard.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("evalloop.dashboard")
+DEFAULT_GATE1 = Path("data/trec2011crowd/raters.jsonl")
+
+
+def register(subparsers: Any) -> None:
+    """Add the `dashboard` subcommand."""
+    parser = subparsers.add_parser(
+        "dashboard",
+        help="serve the dashboard: quality over time, alerts, judgments, teacher health, Gate 1",
+        description="Serves one page on loopback (no CDN, no script). Links in alerts point here "
+        "when EVALLOOP_DASHBOARD_URL is its address.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8050, help="port (0: a free one; default 8050)")
+    parser.add_argument(
+        "--policy", type=Path, default=None, help="policy YAML (default: settings.policy_file)"
+    )
+    parser.add_argument(
+        "--window", default="1h", help="window of each chart point, e.g. 30m, 1h, 3h (default 1h)"
+    )
+    parser.add_argument(
+        "--gate1",
+        type=Path,
+        default=DEFAULT_GATE1,
+        help=f"ratings JSONL for the Gate 1 section (default {DEFAULT_GATE1})",
+    )
+    parser.set_defaults(func=run)
+
+
+def gate1_json(path: Path) -> dict[str, Any]:
+    """Gate 1 on a ratings file, as `evalloop gate1 --json` prints it."""
+    from judges.agreement import gate1_report
+    from judges.gate1_io import load_ratings
+
+    return gate1_report(load_ratings(path)).to_json_dict()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until interrupted."""
+    from evalloop.dashboard.server import Dashboard, serve
+    from evalloop.dashboard.sources import Sources
+    from schemas.policy import PolicyError, load_policy, parse_duration
+    from schemas.settings import load_settings
+    from streams.config import StreamSettings
+    from streams.services import ServiceUnavailable, require_redis
+    from streams.status import redis_from_settings
+
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings()
+        policy = load_policy(args.policy or settings.policy_file)
+        window_s = parse_duration(args.window)
+        client = redis_from_settings(settings)
+        require_redis(settings, client)
+    except (PolicyError, ValueError, OSError, ServiceUnavailable) as error:
+        print(f"evalloop dashboard: error: {error}", file=sys.stderr)
+        return 2
+    sources = Sources(settings, policy, client, StreamSettings().bucket_seconds).start()
+    sources.gate1_file = args.gate1 if args.gate1 and args.gate1.exists() else None
+    dashboard = Dashboard(sources, window_s, lambda: sources.gate1(gate1_json))
+    try:
+        server = serve(dashboard, args.host, args.port)
+    except OSError as error:
+        print(
+            f"evalloop dashboard: error: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr
+        )
+        sources.stop()
+        return 2
+    print(f"evalloop dashboard: http://{args.host}:{server.server_port}/", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        sources.stop()
+    return 0
