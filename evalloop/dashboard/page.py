@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -62,7 +63,7 @@ def time_range(query: Query, watermark: float | None, bucket_seconds: int) -> vi
     if end is None:
         return None
     start = query.start if query.start is not None and query.start < end else end - DEFAULT_RANGE_S
-    step = max(bucket_seconds, int((end - start) / MAX_POINTS) // bucket_seconds * bucket_seconds)
+    step = max(1, math.ceil((end - start) / MAX_POINTS / bucket_seconds)) * bucket_seconds
     first = int(start // bucket_seconds * bucket_seconds)
     return views.TimeRange(first, int(end // bucket_seconds * bucket_seconds), step)
 
