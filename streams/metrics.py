@@ -42,6 +42,7 @@ COUNTERS: tuple[CounterSpec, ...] = (
     CounterSpec("samples_invalid", (), "samples dead-lettered by the judge stage"),
     CounterSpec("judged_ok", ("category",), "ok judgments published"),
     CounterSpec("judged_error", ("category",), "error judgments published"),
+    CounterSpec("judged_display", ("category", "display"), "ok judgments published, by display decision"),
     CounterSpec("windows_applied", (), "judgments newly counted in the Redis windows"),
     CounterSpec("duplicates_ignored", (), "judgments already counted (redelivery)"),
     CounterSpec("judgments_late", (), "judgments dead-lettered as older than the window TTL"),

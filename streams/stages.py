@@ -249,6 +249,8 @@ async def handle_samples(c: Components, batch: Sequence[Incoming]) -> list[Judgm
     ]
     for judgment, header in zip(judgments, headers, strict=True):
         c.metrics.add("judged_ok" if judgment.status == "ok" else "judged_error", category=judgment.category)
+        if judgment.display is not None:
+            c.metrics.add("judged_display", category=judgment.category, display=judgment.display)
         out.add(
             "judgments",
             OutRecord(judgment.category.encode(), JUDGMENTS.encode(judgment), None, header),

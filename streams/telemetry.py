@@ -21,6 +21,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
 
+from schemas.judgments import canary_category
 from streams.metrics import ALERT_STATES, LoopMetrics
 from streams.offsets import PartitionLag
 
@@ -104,6 +105,7 @@ def status_gauges(metrics: LoopMetrics, report: Mapping[str, Any], lags: Sequenc
     for category, figures in report.get("categories", {}).items():
         _category_gauges(metrics, category, figures)
     for version, canary in report.get("canaries", {}).items():
+        _alert_state_gauges(metrics, canary_category(version), canary.get("alerts", {}))
         for statistic in ("weighted_kappa", "kappa", "agreement", "n"):
             if canary.get(statistic) is not None:
                 name = "samples" if statistic == "n" else statistic
@@ -122,7 +124,11 @@ def _category_gauges(metrics: LoopMetrics, category: str, figures: Mapping[str, 
     metrics.set("evalloop.window.judged", figures["judged"], category=category, window=window)
     for share in ("shown", "related", "filtered"):
         _share_gauges(metrics, category, share, window, figures[share])
-    for rule, state in figures.get("alerts", {}).items():
+    _alert_state_gauges(metrics, category, figures.get("alerts", {}))
+
+
+def _alert_state_gauges(metrics: LoopMetrics, category: str, states: Mapping[str, str]) -> None:
+    for rule, state in states.items():
         for name in ALERT_STATES:
             metrics.set(
                 "evalloop.alert.state", float(state == name), rule=rule, category=category, state=name
