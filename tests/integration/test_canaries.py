@@ -25,7 +25,8 @@ from schemas.settings import Settings
 from streams.export import export_judgments
 from streams.replay import parse_time, replay
 from streams.window_store import WindowStore
-from tests.integration.test_loop import Run, _consume, _make_run, topics_for, worker  # noqa: F401
+from tests.integration.test_loop import topics_for, worker  # noqa: F401
+from tests.support.loop_run import Run, consume, make_run
 from tests.support.policies import policy_with_rules
 
 pytestmark = pytest.mark.integration
@@ -79,7 +80,7 @@ def test_a_teacher_swap_pages_and_canaries_stay_out_of_production(
     policy = load_policy(policy_path)
     before, after = _slices(tmp_path)
     url = serve_url(policy_path, "embedding")
-    run = _make_run(settings, policy_path, url, "canary")
+    run = make_run(settings, policy_path, url, "canary")
     topics_for(run)
     proc = worker(run)
     try:
@@ -87,7 +88,7 @@ def test_a_teacher_swap_pages_and_canaries_stay_out_of_production(
         events_before, _ = load_events(before, None)
         expected_before = len(sample_pairs(policy, events_before, canaries).requests)
         assert replay(before, run.settings, speed=None).delivery_errors == 0
-        judged = _consume(run.settings, run.topics["judgments"], lambda v: len(v) >= expected_before, 240)
+        judged = consume(run.settings, run.topics["judgments"], lambda v: len(v) >= expected_before, 240)
         assert len(judged) >= expected_before, f"{len(judged)} of {expected_before} judged before the swap"
         serve_url(policy_path, "noop")  # the swap: same Serve app, a deliberately wrong backend
         assert replay(after, run.settings, speed=None).delivery_errors == 0
@@ -95,7 +96,7 @@ def test_a_teacher_swap_pages_and_canaries_stay_out_of_production(
         def paged(values: list[bytes]) -> bool:
             return any(json.loads(v)["rule"] == "teacher-health" for v in values)
 
-        alerts = [json.loads(v) for v in _consume(run.settings, run.topics["alerts"], paged, 240)]
+        alerts = [json.loads(v) for v in consume(run.settings, run.topics["alerts"], paged, 240)]
         assert proc.poll() is None, "worker died"
         firing = [a for a in alerts if a["rule"] == "teacher-health" and a["state"] == "firing"]
         assert [a["category"] for a in firing] == [canary_category("noop-v1")], alerts
@@ -105,7 +106,7 @@ def test_a_teacher_swap_pages_and_canaries_stay_out_of_production(
 
         events_after, _ = load_events(after, None)
         total = expected_before + len(sample_pairs(policy, events_after, canaries).requests)
-        raw = _consume(run.settings, run.topics["judgments"], lambda v: len(v) >= total, 120)
+        raw = consume(run.settings, run.topics["judgments"], lambda v: len(v) >= total, 120)
         judgments = {j.judgment_id: j for j in (Judgment.model_validate_json(v) for v in raw)}
         _assert_production_windows_hold_no_canary(run, redis_client, list(judgments.values()))
         out = io.StringIO()
