@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The one idempotent install script (`make setup`): Python venv + pinned packages, Debian packages
 # for the local services (redis-server, a JDK 17, Maven), and the pinned Kafka jars from Maven
-# Central. CI runs `make test` on a fresh clone on a fresh machine, so every install step is here.
+# Central, Chromium for the browser test, kustomize and CRD schemas for the manifest test. CI runs
+# `make test` on a fresh clone on a fresh machine, so every install step is here.
 # A second run is fast: the pip step is skipped while .venv/.installed-<sha> matches the lock.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$PWD"
 
 PYTHON="${PYTHON:-python3.11}"
 VENV=.venv
@@ -64,3 +66,24 @@ fi
 
 # 3. Kafka jars (pinned in infra/kafka/pom.xml) into the state dir; skipped when already there -----
 "$VENV/bin/python" -m infra.local install
+
+# 4. kustomize, built from the Go module proxy, and the CRDs the manifest test validates against
+#    (KubeRay, KEDA, Prometheus Operator, as Go modules); both under .evalloop/, skipped when there.
+KUSTOMIZE_VERSION=v5.7.1  # v5.8 needs Go 1.27; the machine has 1.26
+CRD_MODULES=(
+  github.com/ray-project/kuberay/ray-operator@v1.5.0
+  github.com/kedacore/keda/v2@v2.21.0
+  github.com/prometheus-operator/prometheus-operator@v0.85.0
+)
+command -v go >/dev/null || { echo "setup: go not found; install Go >= 1.22 (kustomize is built from the Go module proxy)" >&2; exit 1; }
+GO_ENV=(GOPATH="$ROOT/.evalloop/go" GOBIN="$ROOT/.evalloop/bin" GOFLAGS=-mod=mod GOTOOLCHAIN=local)
+if [ ! -x "$ROOT/.evalloop/bin/kustomize" ]; then
+  log "building kustomize $KUSTOMIZE_VERSION (go install)"
+  env "${GO_ENV[@]}" go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
+fi
+crd_stamp="$ROOT/.evalloop/go/crds-$(echo "${CRD_MODULES[*]}" | sha256sum | cut -c1-12)"
+if [ ! -f "$crd_stamp" ]; then
+  log "downloading CRD modules ${CRD_MODULES[*]}"
+  (cd "$ROOT/.evalloop" && env "${GO_ENV[@]}" go mod download "${CRD_MODULES[@]}")
+  touch "$crd_stamp"
+fi

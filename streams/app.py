@@ -151,14 +151,17 @@ async def aggregate_batch(c: Components, batch: Sequence[Incoming]) -> int:
 
     async def handler(items: Sequence[Incoming]) -> list[Alert]:
         partitions = [item.source_partition or 0 for item in items]
-        return await handle_judgments(c, [item.raw for item in items], partitions, [i.source for i in items])
+        raws, sources = [item.raw for item in items], [item.source for item in items]
+        return await handle_judgments(c, raws, partitions, sources, [item.headers for item in items])
 
     return len(await run_batch(c, "aggregate", batch, handler))
 
 
 def _incoming(events: Sequence[Any], with_source_partition: bool = False) -> list[Incoming]:
     return [
-        Incoming(e.value, _position(e), source_partition(e) if with_source_partition else None)
+        Incoming(
+            e.value, _position(e), source_partition(e) if with_source_partition else None, e.message.headers
+        )
         for e in events
     ]
 

@@ -12,7 +12,9 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
+
+from opentelemetry.trace import Span
 
 from schemas.alerts import Alert
 from schemas.codecs import ALERTS, JUDGMENTS, SAMPLES, Undecodable
@@ -42,6 +44,7 @@ from streams.metrics import LoopMetrics
 from streams.notify import RetryPolicy, WebhookSender, WebhookTarget, deliver
 from streams.stage_state import StageState
 from streams.teacher_client import CircuitBreaker, TeacherClient
+from streams.tracing import LoopTracing
 from streams.watermark import PairedWatermarks
 
 log = logging.getLogger(__name__)
@@ -101,6 +104,8 @@ class Components:
     #: Refreshes the status gauges (shares, alert states, canaries, lag) from the stores; run
     #: off the event loop by a timer (streams.telemetry). None: no exporter wants them.
     refresh_gauges: Callable[[], None] | None = None
+    #: Stage spans and the trace context in record headers (docs/tracing.md); off by default.
+    tracing: LoopTracing = field(default_factory=LoopTracing)
 
     def __post_init__(self) -> None:
         #: What the stages remember between batches (streams.stage_state).
@@ -130,6 +135,8 @@ class Incoming(NamedTuple):
     raw: bytes | None
     source: SourcePosition | None = None
     source_partition: int | None = None
+    #: The record's Kafka headers (for its ``traceparent``; streams.tracing).
+    headers: Any = None
 
 
 @dataclass
@@ -156,12 +163,24 @@ async def handle_events(c: Components, batch: Sequence[Incoming]) -> list[str]:
     """Stage 1 for a batch: validate and sample each event, then publish the dead letters and
     samples of the whole batch with one wait for their acknowledgements."""
     out = Publication()
-    outcomes = [_ingest(c, item.raw, item.source, out) for item in batch]
+    outcomes = [_traced_ingest(c, item, out) for item in batch]
     await out.send(c)
     return outcomes
 
 
-def _ingest(c: Components, raw: bytes | None, source: SourcePosition | None, out: Publication) -> str:
+def _traced_ingest(c: Components, item: Incoming, out: Publication) -> str:
+    span = c.tracing.start("evalloop.validate", item.headers)
+    try:
+        outcome = _ingest(c, item.raw, item.source, out, span)
+        span.set_attribute("evalloop.outcome", outcome)
+        return outcome
+    finally:
+        span.end()
+
+
+def _ingest(
+    c: Components, raw: bytes | None, source: SourcePosition | None, out: Publication, span: Span
+) -> str:
     c.metrics.add("events_seen")
     if source is not None and source.partition is not None and source.offset is not None:
         c.state.event_offsets[source.partition] = source.offset
@@ -176,7 +195,7 @@ def _ingest(c: Components, raw: bytes | None, source: SourcePosition | None, out
     )
     if isinstance(outcome, DeadLetter):
         c.metrics.add("events_late" if outcome.reason == "late" else "events_invalid", reason=outcome.reason)
-        out.add("dead_letters", OutRecord(None, outcome.to_bytes()))
+        out.add("dead_letters", OutRecord(None, outcome.to_bytes(), None, c.tracing.headers(span)))
         return f"dead_letter:{outcome.reason}"
     for name in outcome.unknown_fields:
         c.metrics.add("unknown_fields", field=name)
@@ -185,6 +204,7 @@ def _ingest(c: Components, raw: bytes | None, source: SourcePosition | None, out
     # Wall time: the budget protects the teacher's real capacity, which is measured in wall seconds.
     chosen = pipeline.sample(outcome.event, c.state.sampler, c.wall_clock())
     category = outcome.event.category
+    span.set_attributes({"evalloop.event_id": outcome.event.event_id, "evalloop.category": category})
     if chosen.sample is None:
         c.metrics.add("shed" if chosen.decision.shed else "not_sampled", category=category)
         return chosen.decision.reason
@@ -194,10 +214,13 @@ def _ingest(c: Components, raw: bytes | None, source: SourcePosition | None, out
     # event-time order (the aggregate stage's watermark relies on it).
     same_layout = c.settings.topics.samples.partitions == c.settings.topics.events.partitions
     partition = source.partition if source is not None and same_layout else None
-    out.add("samples", OutRecord(key, SAMPLES.encode(chosen.sample), partition))
+    trace = c.tracing.headers(span)
+    out.add("samples", OutRecord(key, SAMPLES.encode(chosen.sample), partition, trace))
     for canary in canary_samples(chosen.sample, c.canaries, c.policy):
         c.metrics.add("canaries_sent")
-        out.add("samples", OutRecord(canary.event.event_id.encode(), SAMPLES.encode(canary), partition))
+        out.add(
+            "samples", OutRecord(canary.event.event_id.encode(), SAMPLES.encode(canary), partition, trace)
+        )
     return "sampled"
 
 
@@ -229,15 +252,18 @@ async def handle_samples(c: Components, batch: Sequence[Incoming]) -> list[Judgm
     headers: list[tuple[tuple[str, bytes], ...]] = []
     tags: list[CanaryTag | None] = []
     model_versions: list[str] = []
+    spans: list[Span] = []
     for item in batch:
         chosen = _parse_sample(item.raw, item.source, c, out)
         if chosen is None:
             continue
         pairs = pipeline.to_requests(chosen, c.policy.sampling.max_items_per_event)
+        span = c.tracing.start("evalloop.judge", item.headers, _judge_attributes(chosen, len(pairs)))
+        spans.append(span)
         partition = item.source.partition if item.source is not None else None
-        header: tuple[tuple[str, bytes], ...] = ()
+        header = c.tracing.headers(span)
         if partition is not None:
-            header = ((SOURCE_PARTITION_HEADER, str(partition).encode()),)
+            header = ((SOURCE_PARTITION_HEADER, str(partition).encode()), *header)
         requests += pairs
         headers += [header] * len(pairs)
         tags += [chosen.canary] * len(pairs)
@@ -256,7 +282,17 @@ async def handle_samples(c: Components, batch: Sequence[Incoming]) -> list[Judgm
             OutRecord(judgment.category.encode(), JUDGMENTS.encode(judgment), None, header),
         )
     await out.send(c)
+    for span in spans:
+        span.end()
     return judgments
+
+
+def _judge_attributes(sample: Sample, pairs: int) -> dict[str, str | int]:
+    return {
+        "evalloop.event_id": sample.event.event_id,
+        "evalloop.category": sample.event.category,
+        "evalloop.pairs": pairs,
+    }
 
 
 class BadRecord(NamedTuple):
@@ -276,6 +312,8 @@ class ParsedJudgments(NamedTuple):
     partitions: list[int]
     #: judgment id → its original bytes and position, for a late judgment's dead letter.
     originals: dict[str, tuple[bytes, SourcePosition | None]]
+    #: judgment id → its record's headers (its trace context).
+    headers: dict[str, Any]
 
 
 def _parse_judgments(
@@ -283,11 +321,12 @@ def _parse_judgments(
     partitions: Sequence[int],
     sources: Sequence[SourcePosition | None],
     judgments_partitions: int,
+    headers: Sequence[Any],
 ) -> ParsedJudgments:
     """Decode a batch; each good judgment's watermark key is (the judgments partition it was read
     from, or where its category's key puts it when read without Kafka, its source partition)."""
-    parsed = ParsedJudgments([], [], [], {})
-    for raw, partition, source in zip(raws, partitions, sources, strict=True):
+    parsed = ParsedJudgments([], [], [], {}, {})
+    for raw, partition, source, header in zip(raws, partitions, sources, headers, strict=True):
         judgment = JUDGMENTS.decode(raw)
         if isinstance(judgment, Undecodable):
             parsed.bad.append(BadRecord(raw, *judgment, source))
@@ -299,7 +338,16 @@ def _parse_judgments(
             read_from = category_partition(judgment.category, judgments_partitions)
         parsed.partitions.append(PairedWatermarks.key(read_from, partition))
         parsed.originals[judgment.judgment_id] = (raw, source)
+        parsed.headers[judgment.judgment_id] = header
     return parsed
+
+
+def _trace_aggregated(c: Components, parsed: ParsedJudgments) -> None:
+    for judgment in parsed.good:
+        attributes = {"evalloop.judgment_id": judgment.judgment_id, "evalloop.category": judgment.category}
+        span = c.tracing.start("evalloop.aggregate", parsed.headers.get(judgment.judgment_id), attributes)
+        c.tracing.remember(judgment.judgment_id, span)
+        span.end()
 
 
 async def handle_judgments(
@@ -307,6 +355,7 @@ async def handle_judgments(
     raws: Sequence[bytes | None],
     partitions: Sequence[int] | None = None,
     sources: Sequence[SourcePosition | None] | None = None,
+    headers: Sequence[Any] | None = None,
 ) -> list[Alert]:
     """Stage 3 for a batch: apply to the windows, then evaluate the owned categories at the watermark.
 
@@ -314,7 +363,9 @@ async def handle_judgments(
     """
     positions = sources or [None] * len(raws)
     count = c.settings.topics.judgments.partitions
-    parsed = _parse_judgments(raws, partitions or [0] * len(raws), positions, count)
+    parsed = _parse_judgments(
+        raws, partitions or [0] * len(raws), positions, count, headers or [None] * len(raws)
+    )
     judgments = parsed.good
     letters = [dead_letter(b.raw, b.reason, detail=b.detail, source=b.source) for b in parsed.bad]
     await asyncio.to_thread(_count_after_evaluation, c, judgments)
@@ -335,6 +386,7 @@ async def handle_judgments(
     c.metrics.add("judgments_late", len(result.late))
     await c.publish("dead_letters", [(None, letter.to_bytes()) for letter in letters])
     c.state.examples.add(judgments)
+    _trace_aggregated(c, parsed)
     c.state.last_input_wall, c.state.closed_out = c.clock(), None
     if judgments:
         for judgment in judgments:
@@ -399,10 +451,16 @@ async def evaluate_until(c: Components, target: Target, touched: frozenset[str])
             await asyncio.to_thread(c.loop_state.set_watermark, mark)
         alerts = await asyncio.to_thread(_evaluate_owned, c, target, touched)
         alerts = [with_dashboard_link(a, c.settings.dashboard_url) for a in alerts]
+        records: list[OutRecord] = []
         for alert in alerts:
             c.metrics.add("alerts_emitted", category=alert.category, state=alert.state)
             log.warning("alert %s %s %s", alert.state, alert.rule, alert.category)
-        await c.publish("alerts", [(a.dedup_key.encode(), ALERTS.encode(a)) for a in alerts])
+            span = c.tracing.alert_span(alert)
+            records.append(
+                OutRecord(alert.dedup_key.encode(), ALERTS.encode(alert), None, c.tracing.headers(span))
+            )
+            span.end()
+        await c.publish("alerts", records)
         await _notify(c, alerts)
     return alerts
 

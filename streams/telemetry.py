@@ -20,14 +20,17 @@ from typing import Any
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
 
 from schemas.judgments import canary_category
 from streams.metrics import ALERT_STATES, LoopMetrics
 from streams.offsets import PartitionLag
+from streams.tracing import LoopTracing
 
 log = logging.getLogger("evalloop.telemetry")
 
 OTLP_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+OTLP_TRACES_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
 
 @dataclass
@@ -39,12 +42,17 @@ class Telemetry:
     metrics_url: str | None = None
     otlp: bool = False
     _servers: list[Any] = field(default_factory=list)
+    #: Stage spans (docs/tracing.md): recording and exported only with an OTLP traces endpoint.
+    tracing: LoopTracing = field(default_factory=LoopTracing)
+    tracer_provider: TracerProvider | None = None
 
     def shutdown(self) -> None:
-        """Flush OTLP and stop serving ``/metrics``."""
+        """Flush OTLP (metrics and spans) and stop serving ``/metrics``."""
         for server in self._servers:
             server.shutdown()
         self.provider.shutdown()
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()
 
 
 def otlp_configured(env: Mapping[str, str] = os.environ) -> bool:
@@ -94,7 +102,22 @@ def start_telemetry(
         log.info("metrics: pushing OTLP to %s", next(env[n] for n in OTLP_ENDPOINT_VARIABLES if env.get(n)))
     resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or service})
     provider = MeterProvider(metric_readers=readers, resource=resource)
-    return Telemetry(LoopMetrics(provider), provider, url, otlp, servers)
+    tracer_provider = _tracer_provider(resource, env)
+    tracing = LoopTracing(tracer_provider)
+    return Telemetry(LoopMetrics(provider), provider, url, otlp, servers, tracing, tracer_provider)
+
+
+def _tracer_provider(resource: Resource, env: Mapping[str, str]) -> TracerProvider | None:
+    endpoint = next((env[name] for name in OTLP_TRACES_VARIABLES if env.get(name)), None)
+    if endpoint is None:
+        return None
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    log.info("traces: exporting OTLP to %s", endpoint)
+    return provider
 
 
 # ---------------------------------------------------------------- status → gauges

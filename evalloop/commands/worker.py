@@ -123,6 +123,7 @@ def build(policy_path: Path | None = None, allow_policy_version_bump: bool = Fal
         corrector=corrector,
         canaries=canaries,
         metrics=telemetry.metrics,
+        tracing=telemetry.tracing,
         refresh_gauges=gauge_refresher(settings, policy, client, stream, telemetry.metrics),
     )
     return create_app(components)
