@@ -9,6 +9,7 @@ an error judgment, to exercise error paths; ``FlakyTeacher`` is the same with ``
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Sequence
 
 from judges.base import JudgeRequest, error_judgment, ok_judgment
@@ -26,12 +27,17 @@ def hashed_index(event_id: str, item_id: str, modulo: int) -> int:
 
 
 class NoopTeacher:
-    """A Teacher that grades by hashing; options: ``grade`` (fixed grade), ``fail_every`` (int).
+    """A Teacher that grades by hashing; options: ``grade`` (fixed grade), ``fail_every`` (int),
+    ``delay_s`` (seconds each call sleeps, standing in for a model's service time).
 
     Failure modes: the first policy failure mode whose ``max_grade`` allows the grade, if any.
     """
 
-    def __init__(self, policy: Policy, *, grade: int | None = None, fail_every: int = 0) -> None:
+    def __init__(
+        self, policy: Policy, *, grade: int | None = None, fail_every: int = 0, delay_s: float = 0.0
+    ) -> None:
+        if delay_s < 0:
+            raise ValueError("noop teacher: delay_s must be >= 0")
         if grade is not None and grade not in policy.grades:
             raise ValueError(f"noop teacher: grade {grade} is not on the policy scale {policy.grades}")
         if fail_every < 0:
@@ -39,6 +45,8 @@ class NoopTeacher:
         self._policy = policy
         self._grade = grade
         self._fail_every = fail_every
+        #: Seconds each ``judge`` call takes, like a model's service time (the autoscaling check).
+        self._delay_s = delay_s
         self._seen = 0
 
     @property
@@ -67,6 +75,8 @@ class NoopTeacher:
 
     def judge(self, requests: Sequence[JudgeRequest]) -> list[Judgment]:
         """One judgment per request, in order; every ``fail_every``-th pair is an error judgment."""
+        if self._delay_s:
+            time.sleep(self._delay_s)
         judgments: list[Judgment] = []
         for request in requests:
             self._seen += 1

@@ -140,12 +140,21 @@ class AutoscalingSettings(BaseModel):
     target_ongoing_requests: float = Field(default=16, gt=0)
     upscale_delay_s: float = Field(default=5.0, ge=0.0)
     downscale_delay_s: float = Field(default=60.0, ge=0.0)
+    #: Seconds of ongoing-request history each scaling decision averages (Serve's default 30).
+    look_back_period_s: float = Field(default=30.0, gt=0.0)
+    #: How often replicas report their ongoing requests (Serve's default 10; keep it under the look-back).
+    metrics_interval_s: float = Field(default=10.0, gt=0.0)
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> AutoscalingSettings:
         if self.min_replicas > self.max_replicas:
             raise ValueError(
                 f"serve.autoscaling.min_replicas {self.min_replicas} exceeds max_replicas {self.max_replicas}"
+            )
+        if self.look_back_period_s <= self.metrics_interval_s:
+            raise ValueError(
+                f"serve.autoscaling.look_back_period_s {self.look_back_period_s} must exceed "
+                f"metrics_interval_s {self.metrics_interval_s}"
             )
         return self
 

@@ -44,6 +44,8 @@ def autoscaling_config(scaling: AutoscalingSettings) -> dict[str, Any]:
         "target_ongoing_requests": scaling.target_ongoing_requests,
         "upscale_delay_s": scaling.upscale_delay_s,
         "downscale_delay_s": scaling.downscale_delay_s,
+        "look_back_period_s": scaling.look_back_period_s,
+        "metrics_interval_s": scaling.metrics_interval_s,
     }
 
 

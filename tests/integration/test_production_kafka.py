@@ -28,6 +28,7 @@ from schemas.alerts import Alert
 from schemas.judgments import Judgment
 from schemas.policy import load_policy
 from streams.replay import Degradation, parse_time, replay
+from streams.services import librdkafka_logger
 from tests.support.policies import burn_rate_policy
 from tests.support.stub_teacher import StubTeacher, stub_server
 
@@ -50,7 +51,7 @@ def noop_url(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str) -> 
 def _send(config: dict[str, Any], topic: str, records: list[dict[str, Any]]) -> None:
     """Produce ``records`` (kwargs of ``Producer.produce``) in one batch; fail on any delivery error."""
     errors: list[str] = []
-    producer = Producer({**config, "linger.ms": 50, "acks": "all"})
+    producer = Producer({**config, "linger.ms": 50, "acks": "all", "logger": librdkafka_logger()})
     for record in records:
         producer.produce(topic, on_delivery=lambda e, _m: errors.append(str(e)) if e else None, **record)
     assert producer.flush(30) == 0 and not errors, errors

@@ -11,6 +11,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from schemas.settings import Settings
+from streams.services import librdkafka_logger
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +22,11 @@ def test_kafka_produce_consume_round_trip(kafka_config: dict[str, str], fresh_to
     key = b"session-42"
     delivered: list[str] = []
 
-    producer = Producer({**kafka_config, "acks": "all", "enable.idempotence": True})
+    # Its own logger: a producer outliving its topic logs (PARTCNT) to stderr, which would land in
+    # whichever later test captures stderr.
+    producer = Producer(
+        {**kafka_config, "acks": "all", "enable.idempotence": True, "logger": librdkafka_logger()}
+    )
     producer.produce(
         fresh_topic, value=value, key=key, on_delivery=lambda err, _msg: delivered.append(str(err))
     )

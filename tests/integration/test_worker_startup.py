@@ -22,6 +22,7 @@ from reliability.live import EventFactory, LiveRun, create_topics, drop_topics, 
 from reliability.live_io import TopicReader
 from schemas.judgments import Judgment
 from schemas.policy import load_policy
+from streams.services import librdkafka_logger
 
 pytestmark = pytest.mark.integration
 
@@ -113,7 +114,10 @@ def _hide_codecs(directory: Path) -> str:
 def test_an_unreadable_batch_stops_the_worker_with_the_skip_command(run: LiveRun, tmp_path: Path) -> None:
     hidden = {"PYTHONPATH": _hide_codecs(tmp_path / "nocodec")}
     factory = EventFactory("unreadable")
-    topic, base = run.topics["events"], dict(run.settings.kafka.confluent_config())
+    topic, base = (
+        run.topics["events"],
+        {**run.settings.kafka.confluent_config(), "logger": librdkafka_logger()},
+    )
     snappy = Producer({**base, "compression.type": "snappy"})
     key, unreadable = factory.encode(factory.doc())
     snappy.produce(topic, unreadable, key=key, partition=0)

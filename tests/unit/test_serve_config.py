@@ -40,6 +40,8 @@ def test_defaults_autoscale_and_map_to_serve_options() -> None:
         "target_ongoing_requests": 16,
         "upscale_delay_s": 5.0,
         "downscale_delay_s": 60.0,
+        "look_back_period_s": 30.0,
+        "metrics_interval_s": 10.0,
     }
 
 
