@@ -232,9 +232,43 @@ def run_check(step: LoadStep, base: Settings | None = None) -> dict[str, Any]:
         deploy(settings, settings.policy_file, backend="noop", options={"delay_s": step.delay_s})
         url = f"http://127.0.0.1:{settings.ray.serve_port}/teacher"
         run = asyncio.run(_drive(url, step))
+        served = teacher_pairs_exported(sum(c.ok for c in run.calls))
     finally:
         shutdown()
-    return summarise(run, step)
+    return {**summarise(run, step), "teacher_pairs_exported": served}
+
+
+def ray_metrics_url() -> str:
+    """Ray's Prometheus export on this node (the teacher deployment's own metrics are there)."""
+    import ray
+
+    node = next(n for n in ray.nodes() if n.get("Alive"))  # type: ignore[no-untyped-call]
+    return f"http://127.0.0.1:{node['MetricsExportPort']}/metrics"
+
+
+def teacher_pairs_exported(expected: int, timeout_s: float = 45.0) -> float:
+    """``ray_evalloop_teacher_pairs`` (status ok) summed over replicas, once it reaches
+    ``expected`` or ``timeout_s`` passed (Ray reports metrics every few seconds)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url, total, deadline = ray_metrics_url(), 0.0, time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            families = text_string_to_metric_families(httpx.get(url, timeout=5).text)
+            total = sum(
+                sample.value
+                for family in families
+                for sample in family.samples
+                if sample.name.startswith("ray_evalloop_teacher_pairs")
+                and sample.name.endswith("_total")
+                and sample.labels.get("status") == "ok"
+            )
+        except httpx.HTTPError:
+            total = 0.0
+        if total >= expected:
+            break
+        time.sleep(2.0)
+    return total
 
 
 def main(argv: list[str] | None = None) -> int:

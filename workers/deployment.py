@@ -35,6 +35,7 @@ from schemas.judgments import Judgment
 from schemas.policy import load_policy
 from schemas.settings import ServeSettings, Settings, load_settings
 from workers.config import ROUTE_PREFIX, SERVE_LOGGING_CONFIG, deployment_options
+from workers.metrics import LazyReplicaMetrics
 from workers.runtime import start_local_ray, start_serve
 
 DEPLOYMENT_NAME = "TeacherDeployment"
@@ -84,6 +85,7 @@ class TeacherReplica:
         self._batches = 0
         self._judged = 0
         self._largest_batch = 0
+        self._metrics = LazyReplicaMetrics()
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Apply ``user_config``: ``max_batch_size``, ``batch_wait_timeout_s``, ``max_requests_per_call``."""
@@ -121,6 +123,7 @@ class TeacherReplica:
             self._last_error = f"{type(error).__name__}: {error}"
             latency_ms = (time.perf_counter() - started) * 1000
             reason = f"teacher backend failed: {self._last_error}"
+            self._metrics.record(len(requests), len(requests), latency_ms / 1000)
             return [
                 error_judgment(r, self._policy, self.teacher_version, reason, latency_ms) for r in requests
             ]
@@ -128,6 +131,8 @@ class TeacherReplica:
         self._batches += 1
         self._judged += len(requests)
         self._largest_batch = max(self._largest_batch, len(requests))
+        errors = sum(1 for judgment in judgments if judgment.status == "error")
+        self._metrics.record(len(requests), errors, time.perf_counter() - started)
         return judgments
 
     @property

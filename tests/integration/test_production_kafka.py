@@ -51,7 +51,8 @@ def noop_url(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str) -> 
 def _send(config: dict[str, Any], topic: str, records: list[dict[str, Any]]) -> None:
     """Produce ``records`` (kwargs of ``Producer.produce``) in one batch; fail on any delivery error."""
     errors: list[str] = []
-    producer = Producer({**config, "linger.ms": 50, "acks": "all", "logger": librdkafka_logger()})
+    quiet = {"logger": librdkafka_logger(), "topic.metadata.refresh.interval.ms": -1}
+    producer = Producer({**config, "linger.ms": 50, "acks": "all", **quiet})
     for record in records:
         producer.produce(topic, on_delivery=lambda e, _m: errors.append(str(e)) if e else None, **record)
     assert producer.flush(30) == 0 and not errors, errors

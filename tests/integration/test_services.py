@@ -22,16 +22,23 @@ def test_kafka_produce_consume_round_trip(kafka_config: dict[str, str], fresh_to
     key = b"session-42"
     delivered: list[str] = []
 
-    # Its own logger: a producer outliving its topic logs (PARTCNT) to stderr, which would land in
-    # whichever later test captures stderr.
+    # A producer outliving its topic logs PARTCNT to stderr at its next periodic metadata refresh
+    # (5 min on), into whichever later test captures stderr: no periodic refresh, and dropped below.
     producer = Producer(
-        {**kafka_config, "acks": "all", "enable.idempotence": True, "logger": librdkafka_logger()}
+        {
+            **kafka_config,
+            "acks": "all",
+            "enable.idempotence": True,
+            "logger": librdkafka_logger(),
+            "topic.metadata.refresh.interval.ms": -1,
+        }
     )
     producer.produce(
         fresh_topic, value=value, key=key, on_delivery=lambda err, _msg: delivered.append(str(err))
     )
     assert producer.flush(15) == 0
     assert delivered == ["None"]
+    del producer
 
     consumer = Consumer(
         {

@@ -116,7 +116,11 @@ def test_an_unreadable_batch_stops_the_worker_with_the_skip_command(run: LiveRun
     factory = EventFactory("unreadable")
     topic, base = (
         run.topics["events"],
-        {**run.settings.kafka.confluent_config(), "logger": librdkafka_logger()},
+        {
+            **run.settings.kafka.confluent_config(),
+            "logger": librdkafka_logger(),
+            "topic.metadata.refresh.interval.ms": -1,
+        },
     )
     snappy = Producer({**base, "compression.type": "snappy"})
     key, unreadable = factory.encode(factory.doc())
