@@ -37,6 +37,23 @@ def register(subparsers: Any) -> None:
         "--dashboard-url", default=None, help="evalloop dashboard base URL for the rules' links"
     )
     export.set_defaults(func=run_export)
+    impact = actions.add_parser(
+        "impact",
+        help="what a policy change does: backtest a recorded stream under both, compare",
+        description="Backtests EVENTS under --old and --new with the same teacher backend and reports "
+        "grades, display decisions, failure modes and alerts per category, and every display flip "
+        "(docs/policy-impact.md).",
+    )
+    impact.add_argument("--old", type=Path, required=True, help="the policy in use (YAML)")
+    impact.add_argument("--new", type=Path, required=True, help="the proposed policy (YAML)")
+    impact.add_argument("--events", type=Path, required=True, help="recorded events (JSONL)")
+    impact.add_argument("--teacher", default=None, help="teacher backend (default: the old policy's)")
+    impact.add_argument("--flips", type=int, default=20, help="flips to list (default 20; --json lists all)")
+    impact.add_argument(
+        "--raw", action="store_true", help="judge raw shares on both sides (no teacher calibration)"
+    )
+    impact.add_argument("--json", action="store_true", help="print one JSON object")
+    impact.set_defaults(func=run_impact)
 
 
 def _rubric_lines(policy: Policy) -> list[str]:
@@ -142,4 +159,48 @@ def run_export(args: argparse.Namespace) -> int:
     except (PolicyError, OSError) as error:
         print(f"evalloop policy export-rules: error: {error}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _impact_side(policy: Policy, backend: str, events: Path, raw: bool) -> tuple[Any, str]:
+    """One side's backtest (the same backend, built for its policy) and what its rules judged:
+    corrected shares where a calibration of that teacher for that policy version exists."""
+    from evalloop.backtest import backtest
+    from judges.registry import build_teacher
+    from schemas.settings import load_settings
+    from streams.config import StreamSettings
+    from streams.correction import find_corrector
+
+    teacher = build_teacher(policy, backend)
+    corrector = None
+    if not raw:
+        directory = load_settings().calibration_dir
+        corrector, _message = find_corrector(directory, teacher.teacher_version, policy.version)
+    estimate = "raw shares (--raw)" if raw else "raw shares: no calibration record for this version"
+    if corrector is not None:
+        estimate = f"corrected shares where rules ask (calibration of {teacher.teacher_version})"
+    result = backtest(policy, teacher, events, None, StreamSettings().bucket_seconds, corrector, ())
+    return result, estimate
+
+
+def run_impact(args: argparse.Namespace) -> int:
+    """Backtest under both policies and print the comparison; exit 2 on bad input."""
+    from evalloop.impact import compare, render, report_json
+
+    try:
+        old, new = load_policy(args.old), load_policy(args.new)
+        if not args.events.is_file():
+            raise ValueError(f"no such file: {args.events}")
+        backend = args.teacher or old.teacher.backend
+        # The same backend for both, each built for its policy (display and taxonomy are the policy's).
+        sides = [_impact_side(p, backend, args.events, args.raw) for p in (old, new)]
+    except (PolicyError, ValueError, OSError) as error:
+        print(f"evalloop policy impact: error: {error}", file=sys.stderr)
+        return 2
+    report = compare(sides[0][0], sides[1][0], old.version, new.version)
+    report.estimates = (sides[0][1], sides[1][1])
+    if args.json:
+        print(json.dumps(report_json(report), ensure_ascii=False))
+    else:
+        print(render(report, args.flips))
     return 0
