@@ -21,7 +21,7 @@ def register(subparsers: Any) -> None:
         "when EVALLOOP_DASHBOARD_URL is its address.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    parser.add_argument("--port", type=int, default=8050, help="port (0: a free one; default 8050)")
+    parser.add_argument("--port", type=port_number, default=8050, help="port (0: a free one; default 8050)")
     parser.add_argument(
         "--policy", type=Path, default=None, help="policy YAML (default: settings.policy_file)"
     )
@@ -35,6 +35,17 @@ def register(subparsers: Any) -> None:
         help=f"ratings JSONL for the Gate 1 section (default {DEFAULT_GATE1})",
     )
     parser.set_defaults(func=run)
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 0-65535 (argparse reports anything else as a usage error)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is outside 0-65535")
+    return port
 
 
 def gate1_json(path: Path) -> dict[str, Any]:

@@ -42,6 +42,9 @@ CASES = [
     (["serve", "--policy", "/nope.yaml"], {}, "/nope.yaml"),
     (["teacher", "fit", "--golden", "/nope.jsonl"], {}, "no such file: /nope.jsonl"),
     (["status"], {"EVALLOOP_REDIS__URL": "http://nope"}, "invalid setting redis.url"),
+    (["dashboard"], REDIS_DOWN, "Redis is not reachable at redis://127.0.0.1:1/0"),
+    (["policy", "export-rules", "--policy", "/nope.yaml"], {}, "/nope.yaml"),
+    (["golden", "diff", "/nope.jsonl", "/nope.jsonl"], {}, "/nope.jsonl"),
 ]
 
 
