@@ -131,6 +131,12 @@ def describe_alert(alert: Alert) -> str:
         lines.append(f"    top failure modes: {modes or 'none tagged'}")
         for example in alert.examples[:2]:
             lines.append(f"    e.g. '{example.query}' -> '{example.item_title}': {example.rationale[:160]}")
+        versions = ", ".join(f"{m.model_version} {m.bad}/{m.samples} bad" for m in alert.model_versions[:3])
+        lines.append(f"    production model versions in the window: {versions or 'unknown'}")
+    if alert.dashboard_url:
+        lines.append(f"    dashboard: {alert.dashboard_url}")
+    if alert.state == "resolved" and alert.duration_seconds is not None:
+        lines.append(f"    lasted {alert.duration_seconds / 3600:.1f} h (started {alert.started_at:%H:%M})")
     return "\n".join(lines) + "\n"
 
 

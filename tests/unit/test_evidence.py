@@ -137,3 +137,16 @@ def test_dashboard_link_names_category_and_time() -> None:
     assert linked.dashboard_url is not None and linked.dashboard_url.startswith(
         "https://dash.example/?category="
     )
+
+
+def test_demo_prints_the_model_versions_link_and_duration() -> None:
+    from evalloop.demo import describe_alert
+
+    r = rule()
+    firing = transition(AlertState(), evaluate_rule(r, windows((40, 10), (30, 10))), AT, r).new_state
+    alert = with_dashboard_link(_alert(firing), "http://127.0.0.1:8050")
+    text = describe_alert(alert)
+    assert "production model versions in the window: m1 1/1 bad" in text
+    assert "dashboard: http://127.0.0.1:8050/?category=Kitchen" in text
+    resolved = replace(firing, state="resolved", resolved_at=AT + timedelta(minutes=90))
+    assert "lasted 1.5 h (started 12:00)" in describe_alert(_alert(resolved))
