@@ -84,6 +84,7 @@ class _Receiver(BaseHTTPRequestHandler):
 
 
 def test_otlp_push_reaches_a_receiver_as_protobuf() -> None:
+    _Receiver.bodies.clear()
     server = HTTPServer(("127.0.0.1", 0), _Receiver)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -96,7 +97,7 @@ def test_otlp_push_reaches_a_receiver_as_protobuf() -> None:
         telemetry.metrics.add("judged_ok", 4, category="Other")
         telemetry.shutdown()  # flushes the periodic reader
     server.shutdown()
-    (path, body), *_ = _Receiver.bodies
+    (path, body), *_ = [(p, b) for p, b in _Receiver.bodies if p == "/v1/metrics"]
     assert path == "/v1/metrics"
     request = ExportMetricsServiceRequest.FromString(body)
     resource = request.resource_metrics[0]
@@ -104,6 +105,37 @@ def test_otlp_push_reaches_a_receiver_as_protobuf() -> None:
     assert attributes["service.name"] == "it"
     names = {m.name: m for scope in resource.scope_metrics for m in scope.metrics}
     assert names["evalloop.judged_ok"].sum.data_points[0].as_int == 4
+
+
+def test_otlp_traces_reach_a_receiver_with_the_stage_span() -> None:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    _Receiver.bodies.clear()
+    server = HTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{server.server_port}/v1/traces"}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        telemetry = start_telemetry("127.0.0.1", None, env=env)
+        upstream = [("traceparent", b"00-0000000000000000000000000000abcd-00000000000000ef-01")]
+        span = telemetry.tracing.start("evalloop.validate", upstream, {"evalloop.event_id": "e1"})
+        span.end()
+        telemetry.shutdown()  # flushes the batch span processor
+    server.shutdown()
+    bodies = [body for path, body in _Receiver.bodies if path == "/v1/traces"]
+    assert bodies, _Receiver.bodies
+    spans = [
+        s
+        for body in bodies
+        for rs in ExportTraceServiceRequest.FromString(body).resource_spans
+        for ss in rs.scope_spans
+        for s in ss.spans
+    ]
+    (exported,) = spans
+    assert exported.name == "evalloop.validate"
+    assert exported.trace_id.hex() == "0000000000000000000000000000abcd"
+    assert exported.parent_span_id.hex() == "00000000000000ef"
 
 
 REPORT: dict[str, Any] = {
