@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 from schemas.policy import Policy
+from streams.monitoring import metric_names
 
 DATASOURCE = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 CATEGORY = 'category=~"$category"'
@@ -146,7 +147,6 @@ def dashboard(policy: Policy) -> dict[str, Any]:
     }
 
 
-def metric_names(model: dict[str, Any]) -> set[str]:
+def queried_metrics(model: dict[str, Any]) -> set[str]:
     """The ``evalloop_*`` metric names the dashboard's queries use."""
-    exprs = [target["expr"] for panel in model["panels"] for target in panel["targets"]]
-    return {name for expr in exprs for name in re.findall(r"\bevalloop_[a-z_]+", expr)}
+    return metric_names(target["expr"] for panel in model["panels"] for target in panel["targets"])

@@ -12,10 +12,12 @@ consumer lag and a silent worker. docs/metrics.md says what each is for.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from schemas.policy import AlertRule, Policy
 from streams.metrics import COUNTERS, GAUGES, HISTOGRAMS, InstrumentSpec
+from streams.windows import window_name
 
 #: The display decisions each binary signal counts as bad (schemas.calibration.BINARY_SIGNALS).
 DISPLAYS = {"filtered_share": "filter", "not_shown_share": "filter|related"}
@@ -39,12 +41,13 @@ def exported_names() -> set[str]:
     return names
 
 
+def metric_names(exprs: Iterable[str]) -> set[str]:
+    """The ``evalloop_*`` metric names the PromQL expressions ``exprs`` query."""
+    return {name for expr in exprs for name in re.findall(r"\bevalloop_[a-z_]+", expr)}
+
+
 def _camel(rule_id: str) -> str:
     return "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", rule_id) if part)
-
-
-def _duration(seconds: int) -> str:
-    return f"{seconds // 3600}h" if seconds % 3600 == 0 else f"{seconds // 60}m"
 
 
 def _annotations(rule: AlertRule, dashboard_url: str | None, summary: str) -> dict[str, str]:
@@ -69,7 +72,7 @@ def mirror_rule(rule: AlertRule, policy: Policy, dashboard_url: str | None) -> d
 
 
 def _bad_share(rule: AlertRule, seconds: int) -> str | None:
-    window = _duration(seconds)
+    window = window_name(seconds)
     if rule.signal == "error_share":
         bad = f"sum by (category) (increase(evalloop_judged_error_total[{window}]))"
         total = f"(sum by (category) (increase(evalloop_judged_ok_total[{window}])) + {bad})"
@@ -90,7 +93,7 @@ def cross_check_rule(rule: AlertRule, dashboard_url: str | None) -> dict[str, An
     for pair in rule.windows:
         level = rule.threshold * pair.factor
         long, short = _bad_share(rule, pair.long_seconds), _bad_share(rule, pair.short_seconds)
-        judged = f"sum by (category) (increase(evalloop_judged_ok_total[{_duration(pair.short_seconds)}]))"
+        judged = f"sum by (category) (increase(evalloop_judged_ok_total[{window_name(pair.short_seconds)}]))"
         enough = f"{judged} >= {rule.required_samples}"
         pairs.append(f"(({long}) > {level:g} and ({short}) > {level:g} and {enough})")
     return {

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -138,7 +139,7 @@ def status_gauges(metrics: LoopMetrics, report: Mapping[str, Any], lags: Sequenc
     for lag in lags:
         metrics.set("evalloop.consumer.lag", lag.lag, topic=lag.topic, partition=str(lag.partition))
     if report.get("as_of"):
-        age = datetime.now().astimezone().timestamp() - datetime.fromisoformat(report["as_of"]).timestamp()
+        age = time.time() - datetime.fromisoformat(report["as_of"]).timestamp()
         metrics.set("evalloop.watermark.age", max(0.0, age))
 
 

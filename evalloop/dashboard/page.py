@@ -10,7 +10,7 @@ from typing import Any
 from evalloop.dashboard import views
 from evalloop.dashboard.sources import Sources
 from evalloop.dashboard.svg import PALETTE, Band, Chart, Line, Rule, Span
-from schemas.judgments import Judgment, is_canary_category
+from schemas.judgments import Judgment
 from streams.correction import WindowCorrector
 from streams.status import known_windows
 from streams.windows import window_name
@@ -82,11 +82,12 @@ def _share_chart(title: str, points: list[views.SharePoint], x_range: tuple[floa
     return chart
 
 
-def category_charts(sources: Sources, category: str, span: views.TimeRange, window_s: int) -> list[Chart]:
+def category_charts(
+    sources: Sources, category: str, span: views.TimeRange, window_s: int, corrector: WindowCorrector | None
+) -> list[Chart]:
     """Quality (filtered and related shares, raw and corrected, thresholds) and failure modes."""
     buckets = sources.buckets(category, span.start - window_s, span.end)
     windows = [views.window_stats(buckets, window_s, end, sources.bucket_seconds) for end in span.ends()]
-    corrector = sources.corrector()
     first = next((stats.end_epoch for stats in windows if stats.samples), float(span.start))
     x_range = (max(float(span.start), first - span.step_s), float(span.end))  # from the first data
     name = window_name(window_s)
@@ -120,14 +121,14 @@ def build(sources: Sources, query: Query, window_s: int, gate1: dict[str, Any] |
     alerts = sources.alerts.items()
     all_incidents = views.incidents(alerts)
     charts: list[Chart] = []
+    corrector = sources.corrector()  # read once per page: the charts and the confusion use it
     span = time_range(query, sources.loop_state.get_watermark(), sources.bucket_seconds)
     if category is not None and span is not None:
-        charts = category_charts(sources, category, span, window_s)
-        shaded = [i for i in all_incidents if i.category == category and not is_canary_category(i.category)]
+        charts = category_charts(sources, category, span, window_s, corrector)
+        shaded = [i for i in all_incidents if i.category == category]
         for chart in charts[:2]:
             chart.spans = [_incident_span(i, span.end) for i in shaded]
     held = sources.judgments.items()
-    corrector = sources.corrector()
     return PageModel(
         policy_version=sources.policy.version,
         status=status,

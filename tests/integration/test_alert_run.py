@@ -14,11 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,10 +25,11 @@ import pytest
 import redis
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
-from prometheus_client.parser import text_string_to_metric_families
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from evalloop.demo import start_dashboard, start_worker, stop_worker
+from infra.processes import free_port
 from schemas.alerts import Alert
 from schemas.policy import load_policy
 from schemas.settings import Settings
@@ -44,6 +40,7 @@ from tests.support.browser import chromium
 from tests.support.loop_run import EVENTS, PARTITIONS, ROOT, STAGES, Run, consume, make_run
 from tests.support.payload_rules import pagerduty_problems, slack_problems
 from tests.support.policies import burn_rate_policy
+from tests.support.prometheus import Scrape, scrape, scrape_when_up, total
 from tests.support.stub_teacher import stub_server
 
 pytestmark = pytest.mark.integration
@@ -65,21 +62,6 @@ class AlertRun:
     after: dict[str, list[Any]]
 
 
-def _start_worker(run: Run, log_path: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **run.env, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "evalloop.cli", "worker", "--loglevel", "info"]
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture(scope="module")
 def alert_run(
     settings: Settings,
@@ -97,11 +79,11 @@ def alert_run(
     new = [NewTopic(run.topics[s], num_partitions=PARTITIONS[s], replication_factor=1) for s in STAGES]
     for future in kafka_admin.create_topics(new).values():
         future.result(timeout=30)
-    worker = _start_worker(run, tmp / "worker.log")
+    worker = start_worker({**run.env, "PYTHONUNBUFFERED": "1"}, tmp / "worker.log", "info")
     try:
         yield _drive(run, policy_path, metrics_url)
     finally:
-        _stop(worker)
+        stop_worker(worker)
         server.shutdown()
         WindowStore(redis_client, run.prefix).clear()
         for future in kafka_admin.delete_topics(list(run.topics.values()), operation_timeout=30).values():
@@ -148,37 +130,9 @@ def test_metrics_scraped_during_the_run_moved(alert_run: AlertRun) -> None:
 
 def serve_metrics(run: Run) -> str:
     """Point the worker's /metrics at a free loopback port, refreshing the gauges every second."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     run.env.update({"EVALLOOP_STREAM_METRICS_PORT": str(port), "EVALLOOP_STREAM_METRICS_REFRESH_S": "1"})
     return f"http://127.0.0.1:{port}/metrics"
-
-
-Scrape = dict[str, list[Any]]
-
-
-def scrape(url: str) -> Scrape:
-    samples: Scrape = {}
-    for family in text_string_to_metric_families(httpx.get(url, timeout=5).text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append(sample)
-    return samples
-
-
-def scrape_when_up(url: str, timeout_s: float = 60.0) -> Scrape:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return scrape(url)
-        except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
-def total(scrape: Scrape, name: str, **labels: str) -> float:
-    return sum(s.value for s in scrape.get(name, []) if labels.items() <= s.labels.items())
 
 
 def check_scrapes(before: Scrape, after: Scrape) -> None:
@@ -234,17 +188,13 @@ def check_actionable(firing: dict[str, Any], resolved: dict[str, Any], policy_pa
 
 @contextlib.contextmanager
 def dashboard(run: Run, log_path: Path) -> Iterator[str]:
-    """``evalloop dashboard`` on a free loopback port for the run; yields its URL."""
-    env = {**os.environ, **run.env}
-    command = [sys.executable, "-m", "evalloop.cli", "dashboard", "--port", "0"]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log_path.open("wb"))
+    """``evalloop dashboard`` on a free loopback port for the run, as ``make run`` starts it."""
+    process, url = start_dashboard(run.env, log_path, 0)
     try:
-        assert process.stdout is not None
-        line = process.stdout.readline().decode().strip()
-        assert line.startswith("evalloop dashboard: http://127.0.0.1:"), (line, log_path.read_text())
-        yield line.removeprefix("evalloop dashboard: ")
+        assert url is not None and url.startswith("http://127.0.0.1:"), log_path.read_text()
+        yield url
     finally:
-        _stop(process)
+        stop_worker(process)
 
 
 def _rows(driver: Any, table_id: str) -> list[list[str]]:

@@ -17,7 +17,7 @@ from evalloop.cli import main
 from evalloop.impact import compare, render, report_json
 from judges.registry import build_teacher
 from schemas.policy import Policy, load_policy
-from tests.support.policies import policy_with_rules
+from tests.support.policies import burn_rate_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "data" / "wands" / "events.jsonl"
@@ -38,16 +38,7 @@ def stricter(directory: Path, source: Path) -> Path:
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     directory = tmp_path_factory.mktemp("impact")
-    rule = {
-        "id": "filtered-share-burn",
-        "signal": "filtered_share",
-        "threshold": 0.5,
-        "windows": [{"long": "2h", "short": "1h"}],
-        "min_samples": 20,
-        "severity": "page",
-        "resolve_for": "30m",
-    }
-    old = policy_with_rules(directory, [rule], "old.yaml")
+    old = burn_rate_policy(directory, "old.yaml")
     events = directory / "events.jsonl"
     events.write_bytes(b"".join(EVENTS.open("rb").readlines()[:200]))
     return {"old": old, "new": stricter(directory, old), "events": events}

@@ -15,9 +15,9 @@ import yaml
 
 from evalloop.commands.policy import DASHBOARD_FILE, EXPORT_DIR, RULES_FILE, export_texts
 from schemas.policy import Policy
-from streams.grafana import dashboard, metric_names
+from streams.grafana import dashboard, queried_metrics
 from streams.metrics import COUNTERS, GAUGES, HISTOGRAMS
-from streams.monitoring import exported_names, prometheus_rules
+from streams.monitoring import exported_names, metric_names, prometheus_rules
 from streams.telemetry import start_telemetry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,14 +48,11 @@ def test_exported_names_are_what_the_exporter_serves() -> None:
 
 
 def _rule_metrics(rules: dict[str, Any]) -> set[str]:
-    import re
-
-    exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
-    return {name for expr in exprs for name in re.findall(r"\bevalloop_[a-z_]+", expr)}
+    return metric_names(rule["expr"] for group in rules["groups"] for rule in group["rules"])
 
 
 def test_every_queried_metric_is_exported(policy: Policy) -> None:
-    used = _rule_metrics(prometheus_rules(policy)) | metric_names(dashboard(policy))
+    used = _rule_metrics(prometheus_rules(policy)) | queried_metrics(dashboard(policy))
     assert used and used <= exported_names(), used - exported_names()
 
 

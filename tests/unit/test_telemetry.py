@@ -9,24 +9,13 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any, ClassVar
 
-import httpx
 import pytest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-from prometheus_client.parser import text_string_to_metric_families
 
 from streams.metrics import GAUGES, HISTOGRAMS, LoopMetrics
 from streams.offsets import PartitionLag
 from streams.telemetry import Telemetry, otlp_configured, start_telemetry, status_gauges
-
-
-def scrape(url: str) -> dict[str, list[Any]]:
-    """Sample name → its samples, parsed by prometheus_client's own parser."""
-    text = httpx.get(url, timeout=5).text
-    samples: dict[str, list[Any]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append(sample)
-    return samples
+from tests.support.prometheus import scrape
 
 
 @pytest.fixture
