@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from judges.golden import GoldenItem
+from judges.golden import GoldenItem, golden_version_of
 from schemas.calibration import (
     BINARY_SIGNALS,
     CalibrationRecord,
@@ -54,7 +54,8 @@ def build_calibration(
     replicates: int = 1000,
     seed: int = 0,
 ) -> CalibrationRecord:
-    """The record for ``graded`` (``golden`` = (file name, sha256 of its bytes))."""
+    """The record for ``graded`` (``golden`` = (file name, sha256 of its bytes)); the golden
+    version is the graded items'."""
     grades = policy.grades
     cells = _cells(graded, grades)
     confusion = np.zeros((len(grades), len(grades)), dtype=np.int64)
@@ -73,6 +74,7 @@ def build_calibration(
         method=source.method,
         golden_file=golden[0],
         golden_sha256=golden[1],
+        golden_version=golden_version_of([g.item for g in graded]) if graded else None,
         n=len(graded),
         queries=len({g.item.query for g in graded}),
         bootstrap_replicates=replicates,

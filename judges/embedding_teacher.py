@@ -37,7 +37,7 @@ from judges.features import (
     feature_matrix,
     rationale,
 )
-from judges.golden import GoldenItem, golden_requests, split_golden
+from judges.golden import GoldenItem, golden_requests, golden_version_of, split_golden
 from schemas.judgments import Judgment
 from schemas.policy import Policy
 from schemas.settings import resolve_path
@@ -52,8 +52,9 @@ VERSION_PREFIX = "embedding-v2"
 KINDS = ("cumulative", "multinomial")
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 #: The decision rule is fixed, not tuned: the most probable class, except that a near tie between
-#: two classes one level apart on the golden scale (Exact vs Partial, Partial vs Irrelevant) gives
-#: the policy grade between them (3 Good, 1 Weak), which no imported golden label uses.
+#: two classes that straddle a policy grade no golden item uses gives that grade (with the imported
+#: labels alone, Exact vs Partial gave 3 Good and Partial vs Irrelevant 1 Weak). With every grade
+#: in the golden set, no two adjacent classes straddle one and it is plain argmax.
 DECISIONS = ("between",)
 BETWEEN_MARGIN = 0.10
 KNOWN_DECISIONS = ("argmax", "expected", "between")
@@ -227,6 +228,7 @@ def fit_artifact(
 ) -> dict[str, Any]:
     """Fit the teacher on ``items`` (the golden set) less its canary split (``golden.canary``),
     and return the artifact (versioned)."""
+    golden_version = golden_version_of(items)
     canaries = split_golden(items, policy).canaries
     items = split_golden(items, policy).fit
     pairs = [PairText.from_request(r) for r in golden_requests(items)]
@@ -251,6 +253,7 @@ def fit_artifact(
         "policy": {"version": policy.version, "grades": scale},
         "fitted_on": {
             "sha256": hashlib.sha256(golden_bytes).hexdigest(),
+            "golden_version": golden_version,
             "n": len(items),
             "queries": len(set(groups)),
             "grades": {str(g): n for g, n in sorted(Counter(y).items())},

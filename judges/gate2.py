@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 from sklearn.metrics import cohen_kappa_score
 
-from judges.golden import GoldenItem
+from judges.golden import GoldenItem, golden_version_of
 from schemas.judgments import Judgment
 from schemas.kappa import kappas
 from schemas.policy import Gate2Thresholds, Policy
@@ -120,6 +120,15 @@ class Disagreement:
     teacher_rationale: str
 
 
+@dataclass(frozen=True)
+class OriginalAgreement:
+    """Agreement with the imported labels, before the author's adjudications."""
+
+    kappa: float | None
+    weighted_kappa: float | None
+    ci: tuple[float, float] | None
+
+
 @dataclass
 class Gate2Report:
     """Everything `evalloop gate2` prints; ``to_json_dict`` is the --json output."""
@@ -147,6 +156,11 @@ class Gate2Report:
     #: minimum evidence (``gates.gate2.min_pairs`` / ``min_queries``): without it, no PASS.
     queries: int = 0
     sufficient: bool = True
+    #: The golden version scored against, how many of its items carry an adjudication, and the
+    #: agreement with the labels as imported (before adjudication), on the same pairs.
+    golden_version: str = ""
+    adjudicated: int = 0
+    original: OriginalAgreement | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples as lists)."""
@@ -205,7 +219,7 @@ def gate2_report(
     policy: Policy,
     bootstrap: int = 1000,
     seed: int = 0,
-    worst: int = 10,
+    worst: int | None = 10,
 ) -> Gate2Report:
     """Score ``judgments`` (one per golden item, same order) against the golden grades."""
     if len(items) != len(judgments):
@@ -248,10 +262,41 @@ def gate2_report(
         worst=_worst(scored, worst),
         bootstrap=bootstrap,
         seed=seed,
+        golden_version=golden_version_of(items),
+        adjudicated=sum(item.adjudication is not None for item in items),
+        original=_original(scored, predicted, grades, weights, bootstrap, seed),
     )
 
 
-def _worst(scored: Sequence[tuple[GoldenItem, Judgment]], limit: int) -> list[Disagreement]:
+def _original(
+    scored: Sequence[tuple[GoldenItem, Judgment]],
+    predicted: Sequence[int],
+    grades: list[int],
+    weights: Weights,
+    bootstrap: int,
+    seed: int,
+) -> OriginalAgreement | None:
+    """Agreement with the imported labels; None when no scored item was adjudicated."""
+    if not any(item.adjudication for item, _ in scored):
+        return None
+    truth = [item.original_grade for item, _ in scored]
+    queries = [item.query for item, _ in scored]
+    return OriginalAgreement(
+        kappa=kappa(truth, predicted, grades, None),
+        weighted_kappa=kappa(truth, predicted, grades, weights),
+        ci=cluster_bootstrap_ci(truth, predicted, queries, grades, weights, bootstrap, seed),
+    )
+
+
+def disagreements(items: Sequence[GoldenItem], judgments: Sequence[Judgment]) -> list[Disagreement]:
+    """Every graded item whose teacher grade differs from its golden grade, worst first."""
+    scored = [
+        (i, j) for i, j in zip(items, judgments, strict=True) if j.status == "ok" and j.grade is not None
+    ]
+    return _worst(scored, None)
+
+
+def _worst(scored: Sequence[tuple[GoldenItem, Judgment]], limit: int | None) -> list[Disagreement]:
     ranked = sorted(scored, key=lambda pair: (-abs(pair[0].grade - (pair[1].grade or 0)), pair[0].id))
     return [
         Disagreement(

@@ -18,7 +18,8 @@ the golden set and Gate 2 scores them on it, so items become ``JudgeRequest`` s 
 from __future__ import annotations
 
 import json
-from collections import Counter
+import re
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,10 +28,15 @@ from typing import Any
 from judges.base import JudgeRequest
 from schemas.events import Item
 from schemas.golden import (
+    UNVERSIONED,
+    Adjudication,
+    AuditEntry,
     GoldenFormatError,
     GoldenItem,
     GoldenProduct,
     GoldenSplit,
+    Provenance,
+    golden_version_of,
     is_canary,
     load_golden,
     parse_golden,
@@ -39,10 +45,15 @@ from schemas.golden import (
 from schemas.policy import Policy
 
 __all__ = [
+    "UNVERSIONED",
+    "Adjudication",
+    "AuditEntry",
     "GoldenFormatError",
     "GoldenItem",
     "GoldenProduct",
     "GoldenSplit",
+    "Provenance",
+    "golden_version_of",
     "is_canary",
     "load_golden",
     "parse_golden",
@@ -73,6 +84,14 @@ class GoldenReport:
     categories: dict[str, int] = field(default_factory=dict)
     queries: int = 0
     imported_reasons: int = 0
+    golden_version: str = UNVERSIONED
+    #: Items whose imported label the author overruled, by (original grade, grade).
+    adjudications: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def adjudicated(self) -> int:
+        """How many items carry an adjudication."""
+        return sum(self.adjudications.values())
 
     @property
     def ok(self) -> bool:
@@ -84,8 +103,13 @@ MAX_LISTED = 20  # problems listed per kind; the rest are counted
 
 
 def check_golden(items: Sequence[GoldenItem], policy: Policy) -> GoldenReport:
-    """Check items against the policy: grade on the scale, reason present unless imported, no
-    duplicate ids (errors); a different policy version (warning — see docs/golden.md)."""
+    """Check items against the policy (errors): grade on the scale; a reason present unless
+    imported, not copied onto items of other text, not contradicting the grade; failure modes
+    known and allowing the grade; adjudications consistent; one golden version; no duplicate ids.
+    A different policy version is a warning (see docs/golden.md)."""
+    adjudicated = Counter(
+        f"{item.adjudication.original_grade}->{item.grade}" for item in items if item.adjudication
+    )
     report = GoldenReport(
         n=len(items),
         grades=dict(sorted(Counter(item.grade for item in items).items())),
@@ -93,7 +117,12 @@ def check_golden(items: Sequence[GoldenItem], policy: Policy) -> GoldenReport:
         categories=dict(sorted(Counter(item.category for item in items).items())),
         queries=len({item.query for item in items}),
         imported_reasons=sum(item.reason_imported for item in items),
+        golden_version=golden_version_of(items),
+        adjudications=dict(sorted(adjudicated.items())),
     )
+    if report.golden_version.startswith("mixed"):
+        report.errors.append(f"items from more than one golden version ({report.golden_version})")
+    _check_reasons(items, policy, report.errors)
     scale = set(policy.grades)
     _collect(
         report.errors,
@@ -116,6 +145,70 @@ def check_golden(items: Sequence[GoldenItem], policy: Policy) -> GoldenReport:
     if missing_grades:
         report.warnings.append(f"no items with grade(s) {missing_grades}: kappa cannot test them")
     return report
+
+
+#: A reason may open with its grade, "2 Related: ..."; the check holds it to the item's grade.
+_OPENING = re.compile(r"^\s*(\d+)\s+([A-Za-z][\w-]*)\s*:")
+
+
+def _check_reasons(items: Sequence[GoldenItem], policy: Policy, errors: list[str]) -> None:
+    _collect(errors, "a reason copied onto items of other text", _duplicated_reasons(items))
+    _collect(
+        errors, "a reason contradicting the grade", [p for i in items for p in _contradictions(i, policy)]
+    )
+    _collect(
+        errors, "an inconsistent adjudication", [p for i in items for p in _adjudication_problems(i, policy)]
+    )
+
+
+def _duplicated_reasons(items: Sequence[GoldenItem]) -> list[str]:
+    """Ids whose written reason is shared with an item of another (query, title): a reason
+    copied rather than written for the item."""
+    texts: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    owners: dict[str, list[str]] = defaultdict(list)
+    for item in items:
+        if item.reason.strip() and not item.reason_imported:
+            texts[item.reason.strip()].add((item.query, item.item.title))
+            owners[item.reason.strip()].append(item.id)
+    return [i for reason, ids in owners.items() if len(texts[reason]) > 1 for i in ids]
+
+
+def _contradictions(item: GoldenItem, policy: Policy) -> list[str]:
+    modes = {mode.id: mode for mode in policy.failure_modes}
+    found = []
+    opening = _OPENING.match(item.reason)
+    if opening and (int(opening[1]), opening[2]) != (item.grade, _level_name(policy, item.grade)):
+        found.append(f"{item.id} (reason says '{opening[1]} {opening[2]}', grade is {item.grade})")
+    named = set(item.failure_modes) | {m for m in modes if re.search(rf"\b{re.escape(m)}\b", item.reason)}
+    for mode_id in sorted(named):
+        mode = modes.get(mode_id)
+        if mode is None:
+            found.append(f"{item.id} (failure mode '{mode_id}' is not in the policy)")
+        elif item.grade > mode.max_grade:
+            found.append(
+                f"{item.id} ({mode_id} allows at most grade {mode.max_grade}, grade is {item.grade})"
+            )
+    return found
+
+
+def _level_name(policy: Policy, grade: int) -> str:
+    return policy.level(grade).name if grade in policy.grades else "?"
+
+
+def _adjudication_problems(item: GoldenItem, policy: Policy) -> list[str]:
+    adjudication = item.adjudication
+    if adjudication is None:
+        return []
+    found = []
+    if adjudication.original_grade == item.grade:
+        found.append(f"{item.id} (adjudicated to the grade it already had, {item.grade})")
+    mapped = policy.golden.label_map.get(adjudication.original_label or "")
+    if mapped is not None and mapped != adjudication.original_grade:
+        found.append(
+            f"{item.id} (original label '{adjudication.original_label}' maps to {mapped}, "
+            f"not {adjudication.original_grade})"
+        )
+    return found
 
 
 def _collect(sink: list[str], kind: str, offenders: list[str]) -> None:
@@ -157,7 +250,9 @@ def format_report(report: GoldenReport, source: str) -> str:
         f"  grades      {_counts(report.grades)}",
         f"  labels      {_counts(report.labels)}",
         f"  categories  {_counts(report.categories)}",
+        f"  version     {report.golden_version}",
         f"  reasons     {report.n - report.imported_reasons} written, {report.imported_reasons} imported",
+        f"  adjudicated {report.adjudicated} (original grade -> grade: {_counts(report.adjudications)})",
     ]
     lines += [f"  WARNING {w}" for w in report.warnings]
     lines += [f"  ERROR {e}" for e in report.errors]

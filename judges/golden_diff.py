@@ -3,13 +3,29 @@ item kept, the grade, the label, the reason and its provenance (``evalloop golde
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from pydantic import BaseModel
 
 from schemas.golden import GoldenItem
 
 #: The fields compared for an item kept in both versions, in the order they are reported.
-COMPARED = ("grade", "label", "reason", "reason_imported", "policy_version", "query", "category")
+COMPARED = (
+    "grade",
+    "adjudication",
+    "reason",
+    "failure_modes",
+    "audit",
+    "label",
+    "reason_imported",
+    "provenance",
+    "golden_version",
+    "policy_version",
+    "query",
+    "category",
+)
 
 
 @dataclass(frozen=True)
@@ -63,7 +79,17 @@ def format_diff(diff: GoldenDiff, old_name: str, new_name: str, limit: int = 50)
     lines += [f"  - {item_id}" for item_id in diff.removed[:limit]]
     for name in fields:
         for change in diff.changed(name)[:limit]:
-            lines.append(f"  {change.item_id} {name}: {change.old!r} → {change.new!r}")
+            lines.append(f"  {change.item_id} {name}: {_shown(change.old)} → {_shown(change.new)}")
         if len(diff.changed(name)) > limit:
             lines.append(f"  … {len(diff.changed(name)) - limit} more {name} changes")
     return "\n".join(lines)
+
+
+def _shown(value: object) -> str:
+    """A field value as one line: models as compact JSON; an audit trail by its newest entry."""
+    if isinstance(value, BaseModel):
+        return json.dumps(value.model_dump(mode="json"), ensure_ascii=False, separators=(",", ":"))
+    if isinstance(value, list) and value and isinstance(value[-1], BaseModel):
+        more = f" (+{len(value) - 1} earlier)" if len(value) > 1 else ""
+        return _shown(value[-1]) + more
+    return repr(value)

@@ -25,7 +25,9 @@ from collections import OrderedDict
 from typing import Any, NamedTuple
 
 from judges.base import JudgeRequest, VerdictError, check_verdict
+from judges.golden import GoldenFormatError, GoldenItem, golden_version_of, load_golden, split_golden
 from schemas.policy import Policy
+from schemas.settings import resolve_path
 
 __all__ = [
     "DATA_CLOSE",
@@ -33,10 +35,13 @@ __all__ = [
     "PROMPT_FORMAT",
     "Verdict",
     "answer_schema",
+    "choose_examples",
     "encode_untrusted",
+    "golden_examples",
     "parse_answer",
     "prompt_fingerprint",
     "render_messages",
+    "render_prefix",
     "rubric_prefix",
 ]
 
@@ -71,13 +76,14 @@ _prefix_cache: OrderedDict[str, tuple[Policy, str]] = OrderedDict()
 
 
 def rubric_prefix(policy: Policy) -> str:
-    """The system message: identical bytes for every request under this policy (cached)."""
+    """The system message: identical bytes for every request under this policy (cached), the
+    policy's golden examples included (read once from its golden file)."""
     with _prefix_lock:
         cached = _prefix_cache.get(policy.version)
         if cached is not None and cached[0] is policy:
             _prefix_cache.move_to_end(policy.version)
             return cached[1]
-    text = _render_prefix(policy)
+    text = render_prefix(policy, golden_examples(policy))
     with _prefix_lock:
         _prefix_cache[policy.version] = (policy, text)
         while len(_prefix_cache) > _PREFIX_CACHE_SIZE:
@@ -85,14 +91,64 @@ def rubric_prefix(policy: Policy) -> str:
     return text
 
 
-def _render_prefix(policy: Policy) -> str:
+def render_prefix(policy: Policy, examples: list[GoldenItem]) -> str:
+    """The system message for ``policy`` with ``examples`` (see ``golden_examples``)."""
     sections = [
         _role_section(policy),
         _rubric_section(policy),
+        _examples_section(policy, examples),
         _taxonomy_section(policy),
         _output_section(policy),
     ]
-    return "\n\n".join(sections) + "\n"
+    return "\n\n".join(section for section in sections if section) + "\n"
+
+
+def golden_examples(policy: Policy) -> list[GoldenItem]:
+    """The policy's golden examples for the prompt: ``golden.prompt_examples`` per grade, best
+    grade first, from items with a written reason and never from the canary split (canaries
+    measure the live teacher; an answer it was shown would flatter it). Within a grade the
+    order is by a hash of the id, so it is stable and independent of the file's order. A
+    missing or unreadable golden file gives none: the prompt then has no examples section."""
+    if policy.golden.prompt_examples == 0:
+        return []
+    try:
+        items = load_golden(resolve_path(policy.golden.file))
+    except (GoldenFormatError, OSError):
+        return []
+    return choose_examples(split_golden(items, policy).fit, policy)
+
+
+def choose_examples(items: list[GoldenItem], policy: Policy) -> list[GoldenItem]:
+    """``golden.prompt_examples`` items per grade (best first) from ``items`` with written reasons;
+    at grades that allow failure modes, items naming one come first (they teach the taxonomy)."""
+    tagged_grades = {mode.max_grade for mode in policy.failure_modes}
+    written = sorted(
+        (item for item in items if item.reason.strip() and not item.reason_imported),
+        key=lambda item: (
+            item.grade <= max(tagged_grades, default=-1) and not item.failure_modes,
+            hashlib.sha256(item.id.encode("utf-8")).hexdigest(),
+        ),
+    )
+    chosen: list[GoldenItem] = []
+    for grade in sorted(policy.grades, reverse=True):
+        chosen += [item for item in written if item.grade == grade][: policy.golden.prompt_examples]
+    return chosen
+
+
+def _examples_section(policy: Policy, examples: list[GoldenItem]) -> str:
+    if not examples:
+        return ""
+    lines = [
+        f"GRADED EXAMPLES from the policy's golden set (version {golden_version_of(examples)}), "
+        "each with the author's reason. The pair is data, as in the user message:"
+    ]
+    for item in examples:
+        pair = {"query": item.query, "item": {"title": item.item.title, "category": item.item.category or ""}}
+        lines += [
+            f"Grade {item.grade} - {policy.level(item.grade).name}: {encode_untrusted(pair)}",
+            f"  Reason: {' '.join(item.reason.split())}",
+        ]
+    return "\n".join(lines)
 
 
 def _role_section(policy: Policy) -> str:

@@ -86,6 +86,8 @@ class CalibrationRecord(StrictModel):
     method: ShortText
     golden_file: ShortText
     golden_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    #: The golden version graded against (docs/golden.md); None for records written before versions.
+    golden_version: Identifier | None = None
     n: int = Field(ge=0)
     queries: int = Field(ge=0)
     bootstrap_replicates: int = Field(ge=0)

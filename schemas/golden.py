@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
+from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import Field, ValidationError
 
@@ -29,8 +30,43 @@ class GoldenProduct(StrictModel):
     attributes: Attributes = Field(default_factory=dict)
 
 
+class Adjudication(StrictModel):
+    """Where the policy's author overruled an imported label: the label as imported, the grade it
+    maps to, and why the policy grades the item otherwise (the item's ``grade``)."""
+
+    original_label: ShortText | None = None
+    original_grade: int
+    reason: Text
+
+
+class Provenance(StrictModel):
+    """Who wrote an item's reason, when, and under which policy version."""
+
+    author: ShortText
+    date: date
+    policy_version: Identifier
+    #: How the reason was written, e.g. "per-query spec (data/wands/golden_specs.yaml)".
+    method: ShortText | None = None
+
+
+AuditAction = Literal["author", "accept", "regrade", "rewrite"]
+
+
+class AuditEntry(StrictModel):
+    """One change to an item: the golden version it made, who, when and what."""
+
+    golden_version: Identifier
+    at: datetime
+    by: ShortText
+    action: AuditAction
+    from_grade: int | None = None
+    to_grade: int | None = None
+    note: Annotated[str, Field(max_length=2000)] = ""
+
+
 class GoldenItem(StrictModel):
-    """One labelled (query, item) pair. ``grade`` is on the policy scale (checked by check_golden)."""
+    """One labelled (query, item) pair. ``grade`` is on the policy scale (checked by check_golden);
+    where an adjudication overruled the imported label, ``grade`` is the adjudicated one."""
 
     id: Identifier
     query: Text
@@ -43,6 +79,18 @@ class GoldenItem(StrictModel):
     #: True when the label was imported from a dataset that publishes no reasons.
     reason_imported: bool = False
     policy_version: Identifier
+    #: Failure modes of the policy's taxonomy that the reason names (each allows this grade).
+    failure_modes: list[Identifier] = Field(default_factory=list)
+    adjudication: Adjudication | None = None
+    provenance: Provenance | None = None
+    #: The golden version this item belongs to, ``<policy version>+g<N>`` (docs/golden.md).
+    golden_version: Identifier | None = None
+    audit: list[AuditEntry] = Field(default_factory=list)
+
+    @property
+    def original_grade(self) -> int:
+        """The grade before any adjudication (the imported label's grade, else ``grade``)."""
+        return self.adjudication.original_grade if self.adjudication else self.grade
 
 
 class GoldenFormatError(ValueError):
@@ -93,3 +141,13 @@ def load_canaries(policy: Policy) -> list[GoldenItem]:
     if policy.canaries is None or policy.golden.canary.share == 0:
         return []
     return split_golden(load_golden(resolve_path(policy.golden.file)), policy).canaries
+
+
+#: The version reported for a golden file whose items carry none (written before versions).
+UNVERSIONED = "unversioned"
+
+
+def golden_version_of(items: Sequence[GoldenItem]) -> str:
+    """The golden version ``items`` belong to (check_golden rejects a file that mixes versions)."""
+    versions = sorted({item.golden_version or UNVERSIONED for item in items})
+    return versions[0] if len(versions) == 1 else "mixed: " + ", ".join(versions)

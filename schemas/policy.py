@@ -261,6 +261,9 @@ class GoldenSet(_PolicyModel):
     file: Path
     label_map: dict[ShortText, int] = Field(default_factory=dict)
     canary: CanarySplit = CanarySplit()
+    #: Golden items (with written reasons, never canaries) shown per grade in an LLM teacher's
+    #: prompt, after the rubric (docs/llm-teacher.md); 0 shows none.
+    prompt_examples: int = Field(default=1, ge=0, le=5)
 
 
 class OpenAITeacher(_PolicyModel):

@@ -230,7 +230,7 @@ def _failure_mode_note(corrector: WindowCorrector) -> str:
     """Which failure-mode shares the calibration corrects (only those golden items carry tags for)."""
     modes = sorted(corrector.record.failure_modes)
     if not modes:
-        return "not corrected: the golden set carries no failure-mode tags (raw shares only)"
+        return "not corrected: the calibration record has no failure-mode figures (raw shares only)"
     return "corrected: " + ", ".join(modes)
 
 

@@ -34,6 +34,24 @@ def register(subparsers: Any) -> None:
         default=DEFAULT_GATE1,
         help=f"ratings JSONL for the Gate 1 section (default {DEFAULT_GATE1})",
     )
+    parser.add_argument(
+        "--golden", type=Path, default=None, help="golden JSONL the review page edits (default: the policy's)"
+    )
+    parser.add_argument(
+        "--review-file",
+        type=Path,
+        default=None,
+        help="the Gate 2 disagreements `evalloop gate2` wrote (default .evalloop/gate2-review.json)",
+    )
+    parser.add_argument(
+        "--author", default=None, help="name recorded in the audit line of review edits (default $USER)"
+    )
+    parser.add_argument(
+        "--allow-review-edits",
+        action="store_true",
+        help="let /review write golden versions when listening beyond loopback (there is no login: "
+        "put your own access control in front)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -54,6 +72,22 @@ def gate1_json(path: Path) -> dict[str, Any]:
     from judges.gate1_io import load_ratings
 
     return gate1_report(load_ratings(path)).to_json_dict()
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def review_desk(args: argparse.Namespace, policy: Any, gate1: Any) -> Any:
+    """The review page's desk over the golden file (its path as given, else the policy's)."""
+    import getpass
+
+    from evalloop.review import DEFAULT_REVIEW_FILE, ReviewDesk
+    from schemas.settings import resolve_path
+
+    golden = args.golden or resolve_path(policy.golden.file)
+    author = args.author or getpass.getuser() or "policy author"
+    writable = args.host in LOOPBACK or args.allow_review_edits
+    return ReviewDesk(policy, golden, args.review_file or DEFAULT_REVIEW_FILE, author, gate1, writable)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,7 +112,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     sources = Sources(settings, policy, client, StreamSettings().bucket_seconds).start()
     sources.gate1_file = args.gate1 if args.gate1 and args.gate1.exists() else None
-    dashboard = Dashboard(sources, window_s, lambda: sources.gate1(gate1_json))
+    gate1 = lambda: sources.gate1(gate1_json)  # noqa: E731  # shared by both pages
+    desk = review_desk(args, policy, gate1)
+    dashboard = Dashboard(sources, window_s, gate1, desk)
     try:
         server = serve(dashboard, args.host, args.port)
     except OSError as error:

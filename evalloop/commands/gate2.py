@@ -55,6 +55,13 @@ def register(subparsers: Any) -> None:
         "artifacts/calibration); written only when scoring the policy's own golden file",
     )
     p.add_argument("--no-calibration", action="store_true", help="do not write a calibration record")
+    p.add_argument(
+        "--review-out",
+        type=Path,
+        default=None,
+        help="where to write every disagreement for the dashboard's review page (default "
+        ".evalloop/gate2-review.json, written only when scoring the policy's own golden file)",
+    )
     p.set_defaults(func=run)
 
 
@@ -91,10 +98,37 @@ def run(args: argparse.Namespace) -> int:
         print(format_report(report, str(golden_path), judge_seconds))
     if not args.no_calibration:
         print(write_calibration(args, policy, golden_path, items, judgments, teacher), file=sys.stderr)
+    print(write_review(args, policy, golden_path, items, judgments), file=sys.stderr)
     if not report.passed:
         print(f"evalloop gate2: {report.verdict}", file=sys.stderr)
         return 1
     return 0
+
+
+def write_review(
+    args: argparse.Namespace,
+    policy: Policy,
+    golden_path: Path,
+    items: Sequence[GoldenItem],
+    judgments: Sequence[Judgment],
+) -> str:
+    """Write the review file for the dashboard's /review page; one line saying where (or why not)."""
+    from evalloop.review import DEFAULT_REVIEW_FILE, write_review_file
+    from judges.gate2 import disagreements
+
+    own = golden_path.resolve() == resolve_path(policy.golden.file).resolve()
+    path = args.review_out or (DEFAULT_REVIEW_FILE if own else None)
+    if path is None:
+        return (
+            f"review: not written: {golden_path} is not the policy's golden file (--review-out to write one)"
+        )
+    found = disagreements(items, judgments)
+    version = judgments[0].teacher_version if judgments else "unknown"
+    try:
+        write_review_file(path, found, golden_path, items, version)
+    except OSError as exc:
+        return f"review: not written: cannot write {path}: {exc.strerror or exc}"
+    return f"review: wrote {len(found)} disagreements to {path} (the dashboard's /review page)"
 
 
 def write_calibration(
@@ -164,12 +198,26 @@ def calibration_grades(
     return [graded[item.id] for item in items if item.id in graded], Source("out_of_fold", method)
 
 
+def _original_lines(report: Gate2Report) -> list[str]:
+    """The figures against the imported labels, when the author adjudicated some."""
+    if report.original is None:
+        return [f"  adjudications      {report.adjudicated}"]
+    ci = report.original.ci
+    bounds = f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "n/a"
+    return [
+        f"  adjudications      {report.adjudicated} items: the figures above use the adjudicated grades",
+        f"  vs imported labels kappa {_f(report.original.kappa)}, weighted kappa "
+        f"{_f(report.original.weighted_kappa)}  95% CI {bounds} (the labels before adjudication)",
+    ]
+
+
 def format_report(report: Gate2Report, source: str, seconds: float) -> str:
     """The human-readable Gate 2 report."""
     ci = f"[{report.ci[0]:.4f}, {report.ci[1]:.4f}]" if report.ci else "n/a"
     lines = [
         "Gate 2 — teacher vs golden set",
         f"  golden             {source}: {report.n_total} items ({report.errors} errors, not scored)",
+        f"  golden version     {report.golden_version}",
         f"  teacher            {report.teacher_version}  ({seconds:.1f}s to judge)",
         f"  scored pairs       {report.n} over {report.queries} queries "
         f"({'enough' if report.sufficient else 'NOT enough'} evidence for the policy's minimum)",
@@ -177,6 +225,7 @@ def format_report(report: Gate2Report, source: str, seconds: float) -> str:
         f"  weighted kappa     {_f(report.weighted_kappa)}  ({report.weights})  95% CI {ci} "
         f"(bootstrap by query, {report.bootstrap} replicates, seed {report.seed})",
         f"  verdict            {report.verdict}",
+        *_original_lines(report),
         "",
         "Confusion (rows golden grade, columns teacher grade)",
         "  " + " " * 8 + "".join(f"{g:>7}" for g in report.grades),

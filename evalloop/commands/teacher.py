@@ -63,8 +63,8 @@ def run_fit(args: argparse.Namespace) -> int:
     out.write_text(dump_artifact(artifact), encoding="utf-8")
     held_out = artifact["fitted_on"]["canaries_excluded"]
     print(
-        f"fitted on {golden_path}: {artifact['fitted_on']['n']} items, {report.queries} queries "
-        f"({held_out} canary items held out)"
+        f"fitted on {golden_path} (golden version {report.golden_version}): "
+        f"{artifact['fitted_on']['n']} items, {report.queries} queries ({held_out} canary items held out)"
     )
     print(cv_summary(artifact))
     print(f"wrote {out} ({artifact['teacher_version']}) in {time.perf_counter() - started:.1f}s")

@@ -9,8 +9,13 @@ Run from the repo root when the source data or the policy's label map changes::
 * ``data/wands/holdout.jsonl`` — the distinct labelled (query, item) pairs of the event stream
   ``data/wands/events.jsonl`` (22 other queries): for scoring a teacher on pairs it was not fitted on.
 
-WANDS publishes no rater reasons, so every item is marked ``reason_imported``. Output is
-deterministic (sorted by id for the holdout, source order for the golden set).
+WANDS publishes no rater reasons. The imported labels are golden version ``<policy>+g1``
+(``--imported PATH`` writes it, for ``evalloop golden diff``); the committed golden set is version
+``<policy>+g2``: every item's reason written from the author's per-query reading
+(``infra.data.golden_author``, ``data/wands/golden_specs.yaml``), with an adjudication where the
+rubric overrules the imported label. The holdout keeps the imported labels (marked
+``reason_imported``): it is for checking only. Output is deterministic (sorted by id for the
+holdout, source order for the golden set).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from infra.data.golden_author import author_item, load_specs
 from judges.golden import GoldenItem, check_golden, dump_golden
 from schemas.events import RecommendationEvent
 from schemas.policy import Policy, load_policy
@@ -127,10 +133,30 @@ def holdout_items(events: list[RecommendationEvent], policy: Policy) -> list[Gol
                         "reason": imported_reason(label),
                         "reason_imported": True,
                         "policy_version": policy.version,
+                        "golden_version": f"{policy.version}+holdout",
                     }
                 ),
             )
     return [pairs[key] for key in sorted(pairs)]
+
+
+def imported_version(policy: Policy) -> str:
+    """The golden version of the imported labels."""
+    return f"{policy.version}+g1"
+
+
+def authored_version(policy: Policy) -> str:
+    """The golden version with the author's reasons and adjudications."""
+    return f"{policy.version}+g2"
+
+
+def build_golden(policy: Policy) -> tuple[list[GoldenItem], list[GoldenItem]]:
+    """The imported golden set (version g1) and the authored one (g2), in source order."""
+    rows = [json.loads(line) for line in GOLDEN_SOURCE.read_text(encoding="utf-8").splitlines() if line]
+    first = imported_version(policy)
+    imported = [golden_item(row, policy).model_copy(update={"golden_version": first}) for row in rows]
+    specs = load_specs()
+    return imported, [author_item(item, specs, policy, authored_version(policy)) for item in imported]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,10 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--policy", default="policies/product-search.yaml")
+    parser.add_argument("--imported", default=None, help="also write the imported version (g1) here")
     args = parser.parse_args(argv)
     policy = load_policy(args.policy)
-    rows = [json.loads(line) for line in GOLDEN_SOURCE.read_text(encoding="utf-8").splitlines() if line]
-    golden = [golden_item(row, policy) for row in rows]
+    imported, golden = build_golden(policy)
+    if args.imported:
+        Path(args.imported).write_text(dump_golden(imported), encoding="utf-8")
     events = [
         RecommendationEvent.model_validate_json(line)
         for line in EVENTS.read_text(encoding="utf-8").splitlines()

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from evalloop.cli import main
-from infra.data.build_golden import coarse_category, golden_item, holdout_items
+from infra.data.build_golden import build_golden, coarse_category, holdout_items
 from judges.golden import (
     GoldenFormatError,
     GoldenItem,
@@ -92,6 +92,24 @@ def items_of(*records: dict[str, Any]) -> list[GoldenItem]:
         ([record(grade=-1)], "grade off the policy scale"),
         ([record(reason="  ")], "missing reason"),
         ([record(), record()], "duplicate id"),
+        # the same written reason on items of other text: copied, not written for the item
+        ([record(id="a"), record(id="b", item={"item_id": "2", "title": "sofa"})], "reason copied"),
+        ([record(reason="2 Related: queen, not king")], "reason contradicting the grade"),
+        ([record(failure_modes=["attribute_mismatch"])], "attribute_mismatch allows at most grade 2"),
+        ([record(reason="fine, though off_department")], "off_department allows at most grade 1"),
+        ([record(failure_modes=["no_such_mode"])], "not in the policy"),
+        (
+            [record(adjudication={"original_label": "Exact", "original_grade": 4, "reason": "x"})],
+            "adjudicated to the grade it already had",
+        ),
+        (
+            [record(grade=3, adjudication={"original_label": "Partial", "original_grade": 4, "reason": "x"})],
+            "maps to 2, not 4",
+        ),
+        (
+            [record(id="a", golden_version="p+g1"), record(id="b", golden_version="p+g2")],
+            "more than one golden",
+        ),
     ],
 )
 def test_check_golden_finds_errors(policy: Policy, records: list[dict[str, Any]], error: str) -> None:
@@ -126,12 +144,19 @@ def test_golden_request_carries_the_item(policy: Policy) -> None:
 
 
 def test_committed_golden_file_is_the_built_one(policy: Policy) -> None:
-    source = (REPO / "data/wands/source/golden.wands.jsonl").read_text(encoding="utf-8").splitlines()
-    built = [golden_item(json.loads(row), policy) for row in source]
+    imported, built = build_golden(policy)
     assert dump_golden(built) == GOLDEN_FILE.read_text(encoding="utf-8")
     report = check_golden(built, policy)
-    assert report.ok and report.n == 560 and report.queries == 11
-    assert report.grades == {0: 160, 2: 200, 4: 200}
+    assert report.ok and report.n == 560 and report.queries == 11 and report.imported_reasons == 0
+    assert set(report.grades) == {0, 1, 2, 3, 4}, "the author's reading uses every rubric grade"
+    assert report.golden_version == f"{policy.version}+g2"
+    # the imported labels are version g1, all imported; every difference is an adjudication
+    first = check_golden(imported, policy)
+    assert first.ok and first.imported_reasons == 560 and first.grades == {0: 160, 2: 200, 4: 200}
+    changed = [(a, b) for a, b in zip(imported, built, strict=True) if a.grade != b.grade]
+    assert len(changed) == report.adjudicated > 0
+    assert all(b.adjudication and b.adjudication.original_grade == a.grade for a, b in changed)
+    assert all(b.label == a.label for a, b in zip(imported, built, strict=True)), "labels kept"
 
 
 def test_committed_holdout_is_the_distinct_event_pairs(policy: Policy) -> None:
@@ -162,7 +187,8 @@ def test_coarse_category(path: str | None, coarse: str) -> None:
 
 def test_cli_golden_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["golden", "check", str(GOLDEN_FILE), "--policy", str(POLICY_FILE)]) == 0
-    assert "560 over 11 queries" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "560 over 11 queries" in out and "560 written, 0 imported" in out and "adjudicated" in out
     bad = tmp_path / "bad.jsonl"
     bad.write_text(line() + "\n" + line(grade=9) + "\n", encoding="utf-8")
     assert main(["golden", "check", str(bad), "--policy", str(POLICY_FILE)]) == 1

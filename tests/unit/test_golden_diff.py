@@ -21,7 +21,7 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     edited = [item.model_copy() for item in items[1:]]  # the first item removed
     edited[0] = edited[0].model_copy(update={"grade": 3, "label": "Good"})
     edited[1] = edited[1].model_copy(
-        update={"reason": "2 Related: a poster bed, but queen", "reason_imported": False}
+        update={"reason": "2 Related: a poster bed, but queen", "failure_modes": ["attribute_mismatch"]}
     )
     edited.append(items[0].model_copy(update={"id": "added-item"}))
     directory = tmp_path_factory.mktemp("golden")
@@ -38,7 +38,7 @@ def test_each_kind_of_change_is_reported(versions: tuple[Path, Path]) -> None:
     assert [(c.item_id, c.old, c.new) for c in diff.changed("grade")] == [(old[1].id, old[1].grade, 3)]
     assert [c.item_id for c in diff.changed("label")] == [old[1].id]
     assert [c.item_id for c in diff.changed("reason")] == [old[2].id]
-    assert [c.item_id for c in diff.changed("reason_imported")] == [old[2].id]
+    assert [c.item_id for c in diff.changed("failure_modes")] == [old[2].id]
     text = format_diff(diff, "old", "new")
     assert "+1 -1 items" in text and "grade 1" in text and "reason 1" in text
     assert diff_golden(old, old).empty

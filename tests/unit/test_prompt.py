@@ -14,20 +14,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from judges.base import JudgeRequest, VerdictError
+from judges.golden import golden_version_of, load_golden, split_golden
 from judges.prompt import (
     DATA_CLOSE,
     DATA_OPEN,
     Verdict,
     answer_schema,
+    choose_examples,
+    golden_examples,
     parse_answer,
     prompt_fingerprint,
     render_messages,
+    render_prefix,
     rubric_prefix,
 )
 from schemas.events import Item
 from schemas.policy import FailureMode, Policy, load_policy
 
 POLICY_FILE = Path(__file__).resolve().parents[2] / "policies" / "product-search.yaml"
+GOLDEN_FILE = Path(__file__).resolve().parents[2] / "data" / "wands" / "golden.jsonl"
 
 
 _POLICY = load_policy(POLICY_FILE)
@@ -118,6 +123,31 @@ def test_prefix_changes_when_the_policy_changes(policy: Policy) -> None:
     assert answer_schema(shorter)["properties"]["rationale"]["maxLength"] == 120
     # The original policy object still gets its own (cached) prefix back.
     assert "counterfeit" not in rubric_prefix(policy)
+
+
+def test_prefix_shows_golden_examples_per_grade_never_canaries(policy: Policy) -> None:
+    prefix = rubric_prefix(policy)
+    examples = golden_examples(policy)
+    assert [e.grade for e in examples] == sorted(policy.grades, reverse=True)  # one per grade
+    canaries = {item.id for item in split_golden(load_golden(GOLDEN_FILE), policy).canaries}
+    assert canaries and not canaries & {e.id for e in examples}
+    for example in examples:
+        assert " ".join(example.reason.split()) in prefix and not example.reason_imported
+    assert f"version {golden_version_of(examples)}" in prefix
+    # stable: the same choice from the items in another order
+    shuffled = list(reversed(split_golden(load_golden(GOLDEN_FILE), policy).fit))
+    assert [e.id for e in choose_examples(shuffled, policy)] == [e.id for e in examples]
+    # a tagged example teaches the taxonomy at grades that allow failure modes
+    assert all(e.failure_modes for e in examples if e.grade <= 2)
+
+
+def test_examples_follow_the_policy_and_the_golden_version(policy: Policy) -> None:
+    none = policy.model_copy(update={"golden": policy.golden.model_copy(update={"prompt_examples": 0})})
+    assert "GRADED EXAMPLES" not in rubric_prefix(none) and "GRADED EXAMPLES" in rubric_prefix(policy)
+    examples = golden_examples(policy)
+    regraded = [examples[0].model_copy(update={"reason": "4 Excellent: rewritten on review"}), *examples[1:]]
+    assert render_prefix(policy, regraded) != render_prefix(policy, examples)
+    assert render_prefix(policy, examples) == rubric_prefix(policy)  # what requests are sent
 
 
 def test_prefix_is_cached(policy: Policy) -> None:
