@@ -184,7 +184,8 @@ def render(model: PageModel) -> str:
 <link rel="icon" href="data:,"><style>{STYLE}</style></head><body>
 <header><h1>evalloop</h1><span>policy {escape(model.policy_version)}</span>
 <span>as of {escape(str(model.status.get("as_of")))}</span>
-<span>teacher {escape(str(calibration.get("teacher_version")))} ({estimates})</span></header>
+<span>teacher {escape(str(calibration.get("teacher_version")))} ({estimates})</span>
+<a href="/review">golden review</a></header>
 {_nav(model)}
 <h2 id="quality">Quality over time</h2>{charts}
 <h2>Alert timeline</h2>{_incidents(model.incidents)}

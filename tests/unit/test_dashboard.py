@@ -124,6 +124,7 @@ def test_page_escapes_everything_and_carries_no_script() -> None:
     page = html.render(model)
     assert "<script" not in page and page.count("&lt;script&gt;") >= 4
     assert 'class="current firing"' in page
+    assert '<a href="/review">golden review</a>' in page
 
 
 @pytest.mark.parametrize(
