@@ -53,9 +53,11 @@ def build_calibration(
     golden: tuple[str, str],
     replicates: int = 1000,
     seed: int = 0,
+    teacher_tags: Mapping[str, Sequence[str]] | None = None,
 ) -> CalibrationRecord:
     """The record for ``graded`` (``golden`` = (file name, sha256 of its bytes)); the golden
-    version is the graded items'."""
+    version is the graded items'. With ``teacher_tags`` (golden id → the failure modes the teacher
+    tagged) and golden items that carry failure modes, each mode's tag is calibrated too."""
     grades = policy.grades
     cells = _cells(graded, grades)
     confusion = np.zeros((len(grades), len(grades)), dtype=np.int64)
@@ -84,7 +86,35 @@ def build_calibration(
         signals=signals,
         category_rule=CATEGORY_RULE,
         per_category=_per_category(cells, grades, displays, replicates, seed),
+        failure_modes=failure_mode_signals(graded, teacher_tags or {}, policy, replicates, seed),
     )
+
+
+def failure_mode_signals(
+    graded: Sequence[Graded],
+    teacher_tags: Mapping[str, Sequence[str]],
+    policy: Policy,
+    replicates: int,
+    seed: int,
+) -> dict[str, SignalCalibration]:
+    """Per failure mode, the teacher's tag against the golden items' tags (pooled, by query
+    bootstrap): only modes with golden positives and negatives, and only when golden carries
+    tags at all (a golden set without tags says nothing about them)."""
+    tagged = [g for g in graded if g.item.id in teacher_tags]
+    if not any(g.item.failure_modes for g in tagged):
+        return {}
+    out: dict[str, SignalCalibration] = {}
+    for mode in policy.failure_mode_ids():
+        rows: dict[str, I64] = defaultdict(lambda: np.zeros(4, np.int64))
+        for g in tagged:
+            truth, said = mode in g.item.failure_modes, mode in teacher_tags[g.item.id]
+            rows[g.item.query] += np.array([truth and said, truth, not truth and not said, not truth])
+        signal = signal_from_counts(
+            np.array([rows[q] for q in sorted(rows)], dtype=np.int64), replicates, seed
+        )
+        if signal.positives and signal.negatives:
+            out[mode] = signal
+    return out
 
 
 def _cells(graded: Sequence[Graded], grades: Sequence[int]) -> list[ConfusionCell]:
@@ -159,7 +189,13 @@ def _signal(
     replicates: int,
     seed: int,
 ) -> SignalCalibration:
-    per_query = binary_counts(cells, grades, displays, positive)
+    return signal_from_counts(binary_counts(cells, grades, displays, positive), replicates, seed)
+
+
+def signal_from_counts(per_query: I64, replicates: int, seed: int) -> SignalCalibration:
+    """Sensitivity and specificity from per-query (tp, positives, tn, negatives) rows, with their
+    query-bootstrap (co)variances."""
+    per_query = per_query.reshape(-1, 4)
     tp, pos, tn, neg = per_query.sum(axis=0) if len(per_query) else np.zeros(4, np.int64)
     sensitivity = float(tp / pos) if pos else 0.0
     specificity = float(tn / neg) if neg else 0.0

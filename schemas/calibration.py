@@ -101,9 +101,16 @@ class CalibrationRecord(StrictModel):
     failure_modes: dict[str, SignalCalibration] = Field(default_factory=dict)
 
     def for_category(self, category: str, signal: str) -> SignalCalibration | None:
-        """The category's own calibration of ``signal`` where it qualified, else the pooled one."""
+        """The category's own calibration of ``signal`` where it qualified, else the pooled one;
+        ``failure_mode_share:<id>`` is the pooled calibration of that failure mode's tag."""
+        if signal.startswith(FAILURE_MODE_SIGNAL):
+            return self.failure_modes.get(signal[len(FAILURE_MODE_SIGNAL) :])
         own = self.per_category.get(category, {}).get(signal)
         return own if own is not None else self.signals.get(signal)
+
+
+#: The window-rate key of a failure mode's share, ``failure_mode_share:<id>`` (streams.windows).
+FAILURE_MODE_SIGNAL = "failure_mode_share:"
 
 
 class CalibrationError(SchemaError):

@@ -205,11 +205,12 @@ class AlertRule(_PolicyModel):
         if (self.signal == "failure_mode_share") != (self.failure_mode is not None):
             raise ValueError("failure_mode is required with signal failure_mode_share, and only with it")
         if self.estimate == "corrected" and (
-            self.kind != "burn_rate" or self.signal not in ("filtered_share", "not_shown_share")
+            self.kind != "burn_rate"
+            or self.signal not in ("filtered_share", "not_shown_share", "failure_mode_share")
         ):
             raise ValueError(
-                "estimate: corrected needs kind burn_rate and signal filtered_share or not_shown_share "
-                "(the shares a calibration corrects)"
+                "estimate: corrected needs kind burn_rate and signal filtered_share, not_shown_share or "
+                "failure_mode_share (the shares a calibration corrects)"
             )
         return self
 

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Literal, NamedTuple
 
 from schemas.alerts import Alert, CorrectedFigure, WindowFigure
-from schemas.calibration import BINARY_SIGNALS
+from schemas.calibration import BINARY_SIGNALS, FAILURE_MODE_SIGNAL
 from schemas.policy import AlertRule, parse_duration
 from streams.correction import CorrectedShare, WindowCorrector
 from streams.cusum import CusumDesign, bucket_design, update
@@ -149,9 +149,10 @@ def _figure(
 
 
 def _correct(estimate: RateEstimate, rule: AlertRule, correction: Correction | None) -> CorrectedShare | None:
-    if correction is None or rule.signal not in BINARY_SIGNALS:
+    if correction is None or (rule.signal not in BINARY_SIGNALS and rule.failure_mode is None):
         return None
-    return correction.corrector.correct(correction.category, rule.signal, estimate, rule.confidence)
+    signal = rule.signal if rule.failure_mode is None else f"{FAILURE_MODE_SIGNAL}{rule.failure_mode}"
+    return correction.corrector.correct(correction.category, signal, estimate, rule.confidence)
 
 
 def _stats(stats_by_window: Mapping[int, WindowStats], seconds: int, rule: AlertRule) -> WindowStats:

@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 
+from schemas.calibration import FAILURE_MODE_SIGNAL
 from schemas.judgments import CANARY_CATEGORY_PREFIX, is_canary_category
 from schemas.policy import Policy
 from schemas.settings import Settings
@@ -130,6 +131,21 @@ def _share(
     }
 
 
+def _failure_mode(
+    stats: WindowStats, mode: str, count: int, corrector: WindowCorrector | None, category: str
+) -> dict[str, Any]:
+    """A tagged mode's count and share of ok judgments, corrected where the calibration has it."""
+    key = f"{FAILURE_MODE_SIGNAL}{mode}"
+    raw = stats.rates[key]
+    corrected = corrector.correct(category, key, raw, 0.95) if corrector else None
+    return {
+        "failure_mode": mode,
+        "count": count,
+        "share": round(raw.rate, 4),
+        "corrected": corrected_json(corrected),
+    }
+
+
 def _grade_mix(stats: WindowStats, corrector: WindowCorrector | None) -> dict[str, Any] | None:
     if corrector is None or stats.samples == 0:
         return None
@@ -172,7 +188,9 @@ def category_status(
         "weighted": round(stats.weighted_samples, 2),
         **{name: _share(stats, display, corrector, category) for name, display in SHARES},
         "grade_mix": _grade_mix(stats, corrector),
-        "top_failure_modes": [{"failure_mode": mode, "count": count} for mode, count in modes if count > 0],
+        "top_failure_modes": [
+            _failure_mode(stats, mode, count, corrector, category) for mode, count in modes if count > 0
+        ],
         "alerts": alerts,
     }
 
@@ -273,7 +291,7 @@ def render_table(report: dict[str, Any]) -> str:
     lines = [title, f"calibration: {calibration.get('message', 'none')}", header, "-" * len(header)]
     for category, row in rows.items():
         cells = [f"{row[n]['share']:.2f} [{row[n]['lower']:.2f},{row[n]['upper']:.2f}]" for n, _ in SHARES]
-        modes = ", ".join(f"{m['failure_mode']}({m['count']})" for m in row["top_failure_modes"][:3])
+        modes = ", ".join(_mode_cell(m) for m in row["top_failure_modes"][:3])
         lines.append(
             f"{category[:30]:<30} {row['judged']:>6} {row['errors']:>4} "
             + " ".join(f"{cell:>17}" for cell in cells)
@@ -306,6 +324,15 @@ def _canary_lines(canaries: dict[str, Any]) -> list[str]:
             f"{states or 'ok'}"
         )
     return lines
+
+
+def _mode_cell(mode: dict[str, Any]) -> str:
+    """``mode(count)``, with the corrected share where the calibration corrects that mode."""
+    corrected = mode.get("corrected")
+    if not corrected:
+        return f"{mode['failure_mode']}({mode['count']})"
+    figures = f"share {mode['share']:.2f}, corrected {_corrected_cell(corrected)}"
+    return f"{mode['failure_mode']}({mode['count']}; {figures})"
 
 
 def _corrected_cell(figure: dict[str, Any] | None) -> str:

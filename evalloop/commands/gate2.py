@@ -156,7 +156,12 @@ def write_calibration(
         return f"calibration: not written: {exc}"
     version = judgments[0].teacher_version if judgments else "unknown"
     golden = (str(policy.golden.file), hashlib.sha256(raw).hexdigest())
-    record = build_calibration(graded, policy, version, source, golden, args.bootstrap, args.seed)
+    tags = {
+        item.id: list(j.failure_modes) for item, j in zip(items, judgments, strict=True) if j.status == "ok"
+    }
+    if any(item.failure_modes for item in items):
+        source = Source(source.kind, source.method + "; failure modes: its own tags")
+    record = build_calibration(graded, policy, version, source, golden, args.bootstrap, args.seed, tags)
     directory = Path(args.calibration_dir) if args.calibration_dir else load_settings().calibration_dir
     path = directory / file_name(record.teacher_version, record.policy_version)
     try:

@@ -38,9 +38,11 @@ def prefix(redis_client: redis.Redis) -> Iterator[str]:
 
 def _calibrate(policy: Policy, directory: Path) -> None:
     golden = load_golden(ROOT / "data/wands/golden.jsonl")
-    # A teacher that calls every Related item "filter" and is right otherwise.
+    # A teacher that calls every Related item "filter" and is right otherwise, and tags exactly
+    # the failure modes golden carries.
     graded = [Graded(item, 0 if item.grade == 2 else item.grade) for item in golden]
-    record = build_calibration(graded, policy, "t1", Source("as_is", "test"), ("g", "0" * 64), 200)
+    tags = {item.id: list(item.failure_modes) for item in golden}
+    record = build_calibration(graded, policy, "t1", Source("as_is", "test"), ("g", "0" * 64), 200, 0, tags)
     (directory / file_name("t1", policy.version)).write_text(dump_calibration(record), encoding="utf-8")
 
 
@@ -70,7 +72,7 @@ def test_status_shows_raw_corrected_and_canaries(
     _calibrate(policy, tmp_path)
     report = collect(run, policy, redis_client, 86400)
     assert report["calibration"]["corrected"] is True and "t1" in report["calibration"]["message"]
-    assert report["calibration"]["failure_modes"].startswith("not corrected: the calibration record has no")
+    assert report["calibration"]["failure_modes"].startswith("corrected: ")
     assert set(report["categories"]) == {"Kitchen & Dining", "Décor & Art"}
     stats = WindowStore(redis_client, prefix).read("Kitchen & Dining", 86400, END + 300)
     raw = display_rate(stats.counters, ("filter",), 0.95)
@@ -79,6 +81,16 @@ def test_status_shows_raw_corrected_and_canaries(
     row = report["categories"]["Kitchen & Dining"]
     assert row["filtered"]["share"] == pytest.approx(raw.rate, abs=1e-4)
     assert row["filtered"]["corrected"]["value"] == pytest.approx(expected.value)
+    # a perfect tagger: every calibrated mode's corrected share is its raw share
+    calibrated = json.loads((tmp_path / file_name("t1", policy.version)).read_text())["failure_modes"]
+    modes = row["top_failure_modes"]
+    assert modes and all({"share", "corrected"} <= set(m) for m in modes)
+    assert any(m["failure_mode"] in calibrated for m in modes), (modes, sorted(calibrated))
+    for mode in modes:
+        if mode["failure_mode"] in calibrated:
+            assert mode["corrected"]["value"] == pytest.approx(mode["share"], abs=1e-3)
+        else:
+            assert mode["corrected"] is None
     # every grade has golden items since golden version +g2, so the whole mix is identifiable
     assert row["grade_mix"]["status"] == "corrected" and None not in row["grade_mix"]["corrected"]
     live = report["canaries"]["t1"]

@@ -14,7 +14,14 @@ import pytest
 import yaml
 
 from evalloop.cli import main
-from judges.calibration import Graded, Source, binary_counts, build_calibration, cluster_bootstrap
+from judges.calibration import (
+    Graded,
+    Source,
+    binary_counts,
+    build_calibration,
+    cluster_bootstrap,
+    failure_mode_signals,
+)
 from judges.embedding_teacher import EmbeddingTeacher
 from judges.gate2 import confusion
 from judges.golden import GoldenItem, dump_golden, golden_requests, split_golden
@@ -52,6 +59,35 @@ def test_sensitivity_and_specificity_are_counted_per_display(
     assert record.signals["related_share"].sensitivity == 0.0
     assert np.asarray(record.confusion).sum() == len(golden)
     assert np.asarray(record.confusion).tolist() == np.sum([c.counts for c in record.cells], axis=0).tolist()
+
+
+def test_failure_mode_tags_are_calibrated_only_where_golden_carries_them(
+    policy: Policy, golden: list[GoldenItem]
+) -> None:
+    graded = graded_copy(golden, lambda item: item.grade)
+    # A teacher that tags off_department exactly where golden does, plus on every grade-1 item.
+    tags = {
+        g.item.id: [m for m in g.item.failure_modes if m == "off_department"]
+        + (["off_department"] if g.item.grade == 1 else [])
+        for g in graded
+    }
+    modes = failure_mode_signals(graded, tags, policy, 100, 0)
+    truth = [("off_department" in g.item.failure_modes) for g in graded]
+    said = ["off_department" in tags[g.item.id] for g in graded]
+    tp = sum(t and s for t, s in zip(truth, said, strict=True))
+    tn = sum(not t and not s for t, s in zip(truth, said, strict=True))
+    assert modes["off_department"].sensitivity == pytest.approx(tp / sum(truth))
+    assert modes["off_department"].sensitivity == 1.0
+    specificity = tn / (len(truth) - sum(truth))
+    assert modes["off_department"].specificity == pytest.approx(specificity) and specificity < 1.0
+    assert "accessory_not_product" not in modes, "no golden positives: nothing to calibrate"
+    untagged = [Graded(g.item.model_copy(update={"failure_modes": []}), g.teacher_grade) for g in graded]
+    assert failure_mode_signals(untagged, tags, policy, 100, 0) == {}
+    record = build_calibration(graded, policy, "t1", Source("as_is", "t"), ("g.jsonl", "0" * 64), 50, 0, tags)
+    assert (
+        record.for_category("Any", "failure_mode_share:off_department")
+        == record.failure_modes["off_department"]
+    )
 
 
 def test_categories_qualify_or_fall_back_to_pooled(policy: Policy, golden: list[GoldenItem]) -> None:

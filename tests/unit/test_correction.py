@@ -282,12 +282,34 @@ def test_not_identifiable_holds_the_state() -> None:
             "cusum": {"in_control": 0.1, "false_alarm_every": "30d", "judgments_per_hour": 100},
         },
         {"signal": "error_share"},
-        {"signal": "failure_mode_share", "failure_mode": "off_department"},
     ],
 )
 def test_corrected_estimates_only_where_a_calibration_can_apply(fields: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="estimate: corrected"):
         corrected_rule(**fields)
+
+
+def test_a_corrected_failure_mode_rule_judges_the_modes_calibration() -> None:
+    rule = corrected_rule(id="type", signal="failure_mode_share", failure_mode="off_department")
+    tagged = window(450, 550)
+    for stats in (tagged,):
+        stats.counters.update({"fm:off_department": 450.0, "fm_w:off_department": 450.0})
+    short = window(225, 275)
+    short.counters.update({"fm:off_department": 225.0, "fm_w:off_department": 225.0})
+    over_tagging = record().model_copy(
+        update={"failure_modes": {"off_department": calibration(0.85, 0.7, 1e-4, 1e-4)}}
+    )
+    corrector = WindowCorrector(over_tagging)
+    assert corrector.calibration("Kitchen", "failure_mode_share:off_department") is not None
+    assert corrector.calibration("Kitchen", "failure_mode_share:wrong_product_type") is None
+    stats = {7200: tagged, 3600: short}
+    assert evaluate_rule(rule.model_copy(update={"estimate": "raw"}), stats).breaching
+    judged = evaluate_rule(rule, stats, Correction(corrector, "Kitchen"))
+    assert not judged.breaching and judged.figures[0].estimate == "corrected"
+    assert judged.figures[0].point == pytest.approx((0.45 - 0.3) / 0.55)
+    # without a calibration of that mode the rule judges raw
+    untagged = evaluate_rule(rule, stats, Correction(WindowCorrector(record()), "Kitchen"))
+    assert untagged.breaching and untagged.figures[0].estimate == "raw"
 
 
 def test_delta_interval_reduces_to_the_window_interval_for_an_exact_perfect_teacher() -> None:
