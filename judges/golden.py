@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -42,7 +42,7 @@ from schemas.golden import (
     parse_golden,
     split_golden,
 )
-from schemas.policy import Policy
+from schemas.policy import FailureMode, Policy
 
 __all__ = [
     "UNVERSIONED",
@@ -120,7 +120,7 @@ def check_golden(items: Sequence[GoldenItem], policy: Policy) -> GoldenReport:
         golden_version=golden_version_of(items),
         adjudications=dict(sorted(adjudicated.items())),
     )
-    if report.golden_version.startswith("mixed"):
+    if len({item.golden_version for item in items}) > 1:
         report.errors.append(f"items from more than one golden version ({report.golden_version})")
     _check_reasons(items, policy, report.errors)
     scale = set(policy.grades)
@@ -153,9 +153,9 @@ _OPENING = re.compile(r"^\s*(\d+)\s+([A-Za-z][\w-]*)\s*:")
 
 def _check_reasons(items: Sequence[GoldenItem], policy: Policy, errors: list[str]) -> None:
     _collect(errors, "a reason copied onto items of other text", _duplicated_reasons(items))
-    _collect(
-        errors, "a reason contradicting the grade", [p for i in items for p in _contradictions(i, policy)]
-    )
+    modes = {mode.id: mode for mode in policy.failure_modes}
+    contradictions = [p for i in items for p in _contradictions(i, policy, modes)]
+    _collect(errors, "a reason contradicting the grade", contradictions)
     _collect(
         errors, "an inconsistent adjudication", [p for i in items for p in _adjudication_problems(i, policy)]
     )
@@ -173,8 +173,7 @@ def _duplicated_reasons(items: Sequence[GoldenItem]) -> list[str]:
     return [i for reason, ids in owners.items() if len(texts[reason]) > 1 for i in ids]
 
 
-def _contradictions(item: GoldenItem, policy: Policy) -> list[str]:
-    modes = {mode.id: mode for mode in policy.failure_modes}
+def _contradictions(item: GoldenItem, policy: Policy, modes: Mapping[str, FailureMode]) -> list[str]:
     found = []
     opening = _OPENING.match(item.reason)
     if opening and (int(opening[1]), opening[2]) != (item.grade, _level_name(policy, item.grade)):

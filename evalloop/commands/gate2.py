@@ -105,6 +105,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def is_policy_golden(golden_path: Path, policy: Policy) -> bool:
+    """Whether ``golden_path`` is the policy's own golden file (only it calibrates or is reviewed)."""
+    return golden_path.resolve() == resolve_path(policy.golden.file).resolve()
+
+
 def write_review(
     args: argparse.Namespace,
     policy: Policy,
@@ -116,8 +121,7 @@ def write_review(
     from evalloop.review import DEFAULT_REVIEW_FILE, write_review_file
     from judges.gate2 import disagreements
 
-    own = golden_path.resolve() == resolve_path(policy.golden.file).resolve()
-    path = args.review_out or (DEFAULT_REVIEW_FILE if own else None)
+    path = args.review_out or (DEFAULT_REVIEW_FILE if is_policy_golden(golden_path, policy) else None)
     if path is None:
         return (
             f"review: not written: {golden_path} is not the policy's golden file (--review-out to write one)"
@@ -144,7 +148,7 @@ def write_calibration(
     from schemas.calibration import dump_calibration, file_name
     from schemas.settings import load_settings
 
-    if golden_path.resolve() != resolve_path(policy.golden.file).resolve():
+    if not is_policy_golden(golden_path, policy):
         return (
             f"calibration: not written: {golden_path} is not the policy's golden file "
             f"({policy.golden.file}); only golden labels may calibrate a teacher"

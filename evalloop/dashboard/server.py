@@ -53,7 +53,7 @@ class Dashboard:
         """The golden review page (a short note when the desk is off)."""
         if self.review is None:
             return "<!doctype html><p>golden review is off: no golden file</p>"
-        return render_review(self.review.view(), self.sources.policy, message, error)
+        return render_review(self.review.view(), self.review.policy, message, error)
 
     def submit_review(self, body: str) -> tuple[int, str]:
         """Apply one edit posted from the review page: (status, page)."""

@@ -141,7 +141,7 @@ def item_text(item: GoldenItem) -> str:
 def evidence(item: GoldenItem, spec: QuerySpec) -> Evidence:
     """Read ``item`` against ``spec``."""
     text, path = item_text(item), (item.item.category or "")
-    leaf = path.split(" / ")[-1].lower()
+    leaf = path.split(" / ")[-1]
     conflicts, path_conflicts, unconfirmed, confirmed = [], [], [], []
     for attribute in spec.attributes:
         clash = _first(text, attribute.conflicts)
@@ -149,8 +149,8 @@ def evidence(item: GoldenItem, spec: QuerySpec) -> Evidence:
             confirmed.append(attribute)
         elif clash is not None:
             conflicts.append((attribute, clash))
-        elif (leaf_clash := _first(leaf, attribute.conflicts)) is not None:
-            path_conflicts.append((attribute, path.split(" / ")[-1]))
+        elif _first(leaf.lower(), attribute.conflicts) is not None:
+            path_conflicts.append((attribute, leaf))
         else:
             unconfirmed.append(attribute)
     family = None if _first(text, spec.not_family) else _first(text, spec.family_terms)

@@ -14,12 +14,12 @@ import pytest
 from schemas.events import Sample, parse_event
 from schemas.judgments import Judgment, judgment_id_for
 from schemas.policy import Policy, load_policy
-from schemas.settings import Settings, TopicSettings, TopicSpec
 from streams.app import create_app
 from streams.config import StreamSettings
 from streams.pipeline import MemoryAlertStateStore, MemoryWindowStore, TeacherRequest, to_requests
 from streams.stages import Components, OutRecord
 from streams.teacher_client import error_judgment_for
+from tests.support.topics import topic_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "data" / "wands" / "events.jsonl"
@@ -85,12 +85,8 @@ def raw_events() -> list[bytes]:
 def _loop(policy: Policy, teacher: Any, name: str) -> tuple[Any, RecordingOutputs, Components]:
     outputs = RecordingOutputs()
     # One partition per topic: test_context delivers everything on partition 0.
-    one = {
-        n: TopicSpec(name=f"t.{n}", partitions=1)
-        for n in ("events", "samples", "judgments", "alerts", "dead_letters")
-    }
     components = Components(
-        settings=Settings().model_copy(update={"topics": TopicSettings(**one)}),
+        settings=topic_settings(),
         # One judge actor: under test_context every actor's take_events buffer sees each put
         # (against Kafka the actors share one queue; test_production_kafka checks nothing doubles).
         stream=StreamSettings(judge_concurrency=1, ingest_within_s=0.01, judge_within_s=0.01),
@@ -187,12 +183,8 @@ async def test_aggregate_agent_is_idempotent_and_fires_an_alert(
 
 def _components(policy: Policy, teacher: Any, partitions: int) -> tuple[Components, RecordingOutputs]:
     outputs = RecordingOutputs()
-    specs = {
-        n: TopicSpec(name=f"p.{n}", partitions=partitions)
-        for n in ("events", "samples", "judgments", "alerts", "dead_letters")
-    }
     components = Components(
-        settings=Settings().model_copy(update={"topics": TopicSettings(**specs)}),
+        settings=topic_settings("p", partitions),
         stream=StreamSettings(allowed_lateness_s=600),
         policy=policy,
         teacher=teacher,

@@ -22,7 +22,6 @@ from schemas.events import Sample, parse_event
 from schemas.golden import GoldenItem, load_canaries, load_golden, split_golden
 from schemas.judgments import CanaryTag, Judgment, canary_category, is_canary_category
 from schemas.policy import Policy, PolicyError, load_policy
-from schemas.settings import Settings, TopicSettings, TopicSpec
 from streams.alerting import is_bad
 from streams.app import create_app
 from streams.canary import canary_samples, evaluate_health, health, kappas, tag_canary
@@ -30,6 +29,7 @@ from streams.config import StreamSettings
 from streams.pipeline import MemoryAlertStateStore, MemoryWindowStore
 from streams.stages import Components
 from streams.windows import counter_updates, merge_counts, stats_from_counters
+from tests.support.topics import topic_settings
 from tests.unit.test_agents import FakeTeacher, RecordingOutputs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -224,13 +224,9 @@ def test_a_swap_to_a_wrong_teacher_pages_within_two_hours(
 
 async def test_live_stages_send_tag_and_window_canaries(policy: Policy, canaries: list[GoldenItem]) -> None:
     outputs = RecordingOutputs()
-    one = {
-        n: TopicSpec(name=f"t.{n}", partitions=1)
-        for n in ("events", "samples", "judgments", "alerts", "dead_letters")
-    }
     windows = MemoryWindowStore()
     components = Components(
-        settings=Settings().model_copy(update={"topics": TopicSettings(**one)}),
+        settings=topic_settings(),
         stream=StreamSettings(judge_concurrency=1, ingest_within_s=0.01, judge_within_s=0.01),
         policy=policy,
         teacher=FakeTeacher(policy, grade=4),

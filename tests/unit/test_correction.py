@@ -292,8 +292,7 @@ def test_corrected_estimates_only_where_a_calibration_can_apply(fields: dict[str
 def test_a_corrected_failure_mode_rule_judges_the_modes_calibration() -> None:
     rule = corrected_rule(id="type", signal="failure_mode_share", failure_mode="off_department")
     tagged = window(450, 550)
-    for stats in (tagged,):
-        stats.counters.update({"fm:off_department": 450.0, "fm_w:off_department": 450.0})
+    tagged.counters.update({"fm:off_department": 450.0, "fm_w:off_department": 450.0})
     short = window(225, 275)
     short.counters.update({"fm:off_department": 225.0, "fm_w:off_department": 225.0})
     over_tagging = record().model_copy(

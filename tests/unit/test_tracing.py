@@ -16,12 +16,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from schemas.codecs import ALERTS
 from schemas.policy import load_policy
-from schemas.settings import Settings, TopicSettings, TopicSpec
 from streams.config import StreamSettings
 from streams.pipeline import MemoryAlertStateStore, MemoryWindowStore
 from streams.stages import Components, Incoming, handle_events, handle_judgments, handle_samples
 from streams.tracing import LoopTracing, trace_carrier
 from tests.support.policies import burn_rate_policy
+from tests.support.topics import topic_settings
 from tests.unit.test_agents import EVENTS, FakeTeacher, RecordingOutputs
 
 DEGRADED_EVENTS = 150
@@ -33,13 +33,9 @@ def traceparent(trace_id: int, span_id: int) -> bytes:
 
 def components(tmp_path: Path, tracing: LoopTracing) -> tuple[Components, RecordingOutputs]:
     policy = load_policy(burn_rate_policy(tmp_path))
-    one = {
-        n: TopicSpec(name=f"t.{n}", partitions=1)
-        for n in ("events", "samples", "judgments", "alerts", "dead_letters")
-    }
     outputs = RecordingOutputs()
     c = Components(
-        settings=Settings().model_copy(update={"topics": TopicSettings(**one)}),
+        settings=topic_settings(),
         stream=StreamSettings(allowed_lateness_s=60),
         policy=policy,
         teacher=FakeTeacher(policy, grade=0),  # everything filtered: the page rule fires
